@@ -1,0 +1,150 @@
+"""`metaad <command> [key=value ...]`: the recipes, each driven by one Hydra config tree.
+
+Hydra's compose API parses the overrides against the structured schema (so unknown keys and
+ill-typed values are rejected); this module only picks the command and turns user mistakes
+into one-line errors.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from metaad_dist.errors import UserError
+
+PROG = "metaad"
+
+
+def config_dir() -> Path:
+    """configs/ beside the package (editable install, Ray job working_dir) or METAAD_CONFIG_DIR."""
+    override = os.environ.get("METAAD_CONFIG_DIR")
+    path = Path(override) if override else Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"config tree not found at {path}; set METAAD_CONFIG_DIR to the repository's configs/ folder")
+    return path
+
+
+def _cmd_prepare(cfg) -> None:
+    from metaad_dist.data.prepare import prepare_command
+
+    prepare_command(cfg)
+
+
+def _cmd_train(cfg) -> None:
+    from metaad_dist.train.commands import train_command
+
+    train_command(cfg)
+
+
+def _cmd_evaluate(cfg) -> None:
+    from metaad_dist.eval.evaluate import evaluate_command
+
+    evaluate_command(cfg)
+
+
+def _cmd_score(cfg) -> None:
+    from metaad_dist.eval.scoring import score_command
+
+    score_command(cfg)
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "prepare": (_cmd_prepare, "raw tables -> Parquet shards + manifest.json (local folder or s3://)"),
+    "train": (_cmd_train, "meta-train on a dataset's normal and meta families; saves the run"),
+    "evaluate": (_cmd_evaluate, "score held-out families with a trained run and its baselines; prints a table"),
+    "score": (_cmd_score, "score a new table (CSV or Parquet) with a trained run into Parquet"),
+}
+
+
+def _config_groups() -> dict[str, list[str]]:
+    root = config_dir()
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(("_", "."))
+    }
+
+
+def usage() -> str:
+    lines = [f"usage: {PROG} <command> [key=value ...] [--cfg]", "", "commands:"]
+    lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += ["", "config groups (choose with group=option, e.g. data=digits):"]
+    lines += [f"  {group:<10} {', '.join(options)}" for group, options in _config_groups().items()]
+    lines += [
+        "",
+        "Any setting can be overridden, e.g.",
+        f"  {PROG} train data=digits meta.inner_steps=5 seed=3",
+        f"  {PROG} train --cfg     # print the resolved config and exit",
+    ]
+    return "\n".join(lines)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf errors span lines; name the key and what was expected on one."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    chain, cur = [], exc
+    while cur is not None:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for err in chain:
+        if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
+            return f"unknown config key '{err.full_key}'; run `{PROG} --help` and `{PROG} <command> --cfg` for valid keys"
+        if isinstance(err, ValidationError) and getattr(err, "full_key", None):
+            return f"config key '{err.full_key}': {str(err.msg).splitlines()[0]}"
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"config key '{err.full_key}': {str(getattr(err, 'msg', err)).splitlines()[0]}"
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "").strip()
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from metaad_dist.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=PROG):
+            return compose(config_name="config", overrides=overrides)
+    except UserError:
+        raise
+    except Exception as exc:  # Hydra/OmegaConf parse and composition errors are user mistakes
+        raise UserError(_one_line(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(usage())
+            return 0
+        command, overrides = argv[0], argv[1:]
+        if command not in COMMANDS:
+            raise UserError(f"unknown command '{command}'; expected one of {list(COMMANDS)}")
+        if "-h" in overrides or "--help" in overrides:
+            print(f"{PROG} {command}: {COMMANDS[command][1]}\n")
+            print(usage())
+            return 0
+        show = "--cfg" in overrides
+        cfg = compose_config([o for o in overrides if o != "--cfg"])
+        if show:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        COMMANDS[command][0](cfg)
+        return 0
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

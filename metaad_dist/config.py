@@ -1,0 +1,161 @@
+"""Structured configs: the single source of truth for every setting.
+
+Each dataclass backs one config group in ``configs/`` (``data/``, ``model/``, ``meta/``, ...).
+They are registered once in Hydra's ConfigStore as the schema of the primary config, so
+OmegaConf's struct mode rejects unknown keys and ill-typed values before any work starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class SourceConfig:
+    """How `metaad prepare` turns raw tables into Parquet shards (METHOD.md section 2)."""
+
+    train_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+    format: str = "auto"  # auto | csv | parquet | npz (csv covers .csv.gz and a zip holding one csv)
+    has_header: bool = True
+    column_names: list[str] = field(default_factory=list)  # for headerless CSVs
+    encoding: str = "utf-8-sig"  # utf-8-sig also strips a BOM (UNSW-NB15)
+    family_column: str = "family"
+    drop_columns: list[str] = field(default_factory=list)
+    categorical_columns: list[str] = field(default_factory=list)
+    categorical_encoding: str = "onehot"  # onehot | index
+    label_map: Optional[str] = None  # CSV: raw label -> family
+    label_map_from: str = "attack"
+    label_map_to: str = "category"
+    nonfinite_policy: str = "drop"  # drop (and count) | fail
+    row_group_size: int = 65536
+    rows_per_shard: int = 1_000_000
+
+
+@dataclass
+class DataConfig:
+    """A dataset and the role each of its families plays in an experiment."""
+
+    name: str = MISSING
+    # "builtin:digits" or a prepared dataset folder (local path or s3://bucket/prefix).
+    path: str = MISSING
+    source: SourceConfig = field(default_factory=SourceConfig)
+    normal: list[str] = field(default_factory=list)
+    meta: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)
+    # Normal rows without an official split are divided train/val/test by seed.
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    # Rows of validation families kept for model selection; the rest are never read.
+    max_validation_rows: int = 2000
+    scaler: str = "standard"  # standard | quantile | none
+
+
+@dataclass
+class ModelConfig:
+    """Encoder f, optional decoder g, head h and bounded temperature T (METHOD.md section 3)."""
+
+    hidden_dims: list[int] = field(default_factory=lambda: [128, 64])
+    embed_dim: int = 32
+    dropout: float = 0.0
+    use_decoder: bool = False
+    # K for a single normal family: k-means pseudo-classes of the training normal rows.
+    pseudo_classes: int = 8
+    temperature_init: float = 1.0
+    temperature_min: float = 0.3
+    temperature_max: float = 1.05
+    score: str = "msp"  # msp: 1 - max softmax | energy: -T logsumexp(logits / T)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # sgd | adam | adamw
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    grad_clip: float = 0.0  # 0 disables clipping
+
+
+@dataclass
+class MetaConfig:
+    """Episodes and the first-order bi-level update (METHOD.md sections 4-5)."""
+
+    episodes: int = 300
+    inner_steps: int = 1
+    outer_steps: int = 1
+    n_support: int = 128
+    n_query: int = 128
+    k_shot: int = 5
+    budget: int = 10  # labelled rows per meta family, drawn once per seed
+    normal_per_episode: int = 0  # 0: all normal families in every episode
+    meta_per_episode: int = 0  # 0: all meta families in every episode
+    # Inner objective: confidence BCE + class cross-entropy + reconstruction.
+    inner_bce_weight: float = 1.0
+    class_ce_weight: float = 1.0
+    lambda_rec: float = 0.0
+    inner_updates_head: bool = True
+    # Outer objective: BCE(S(query),1) + BCE(S(shots),0) + margin + temperature prior.
+    margin: float = 0.5
+    lambda_m: float = 0.1
+    lambda_t: float = 0.01
+    # Keeps the calibrated head a good normal-family classifier (cross-entropy on query rows).
+    outer_class_ce_weight: float = 1.0
+    inner_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    outer_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-4, weight_decay=0.0)
+    )
+    warmup_episodes: int = 0  # inner loop only for the first episodes
+
+
+@dataclass
+class TrainerConfig:
+    name: str = "local"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 50
+    validate_every: int = 100
+    num_workers: int = 1
+    use_gpu: bool = False
+
+
+@dataclass
+class StorageConfig:
+    """Where runs and prepared datasets live: a local folder or s3://bucket/prefix."""
+
+    root: str = "runs"
+    endpoint_url: Optional[str] = None  # S3-compatible endpoint; credentials come from the AWS chain
+    region: Optional[str] = None
+    create_bucket: bool = False
+
+
+@dataclass
+class EvalConfig:
+    baselines: list[str] = field(default_factory=lambda: ["inner_only", "isolation_forest"])
+    output: Optional[str] = None  # report folder; default <run>/report
+    isolation_forest_estimators: int = 200
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    run: Optional[str] = None  # run name under storage.root; default <data.name>-seed<seed>
+    output: Optional[str] = None  # prepare: destination folder; score: output file
+    input: Optional[str] = None  # score: table to score
+    quiet: bool = False
+
+
+SCHEMA_NAME = "metaad_schema"
+
+
+def register_configs() -> None:
+    """Register the schema once so `configs/config.yaml` can build on it."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)

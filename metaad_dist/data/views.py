@@ -1,0 +1,144 @@
+"""Split a dataset into what training may see and what only evaluation may see.
+
+The training view is built from a read of the normal, meta and validation families alone, so
+held-out rows are structurally unreachable from training code. Splits and budget pools are
+pure functions of (seed, family, row ids): the training view and the test view computed in
+different processes agree row for row.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from metaad_dist.config import DataConfig, MetaConfig
+from metaad_dist.data.roles import FamilyRoles
+from metaad_dist.data.source import DatasetSource
+from metaad_dist.data.table import FamilyTable
+from metaad_dist.errors import ConfigError
+
+
+@dataclass
+class TrainingView:
+    """Everything training, tuning and normalisation code may touch."""
+
+    feature_names: list[str]
+    normal_families: list[str]
+    normal_x: np.ndarray  # training normal rows
+    normal_family_index: np.ndarray  # index into normal_families, per row
+    val_normal_x: np.ndarray  # validation normal rows (model selection)
+    budget_x: dict[str, np.ndarray]  # the fixed anomaly-shot pool per meta family
+    budget_row_ids: dict[str, np.ndarray]
+    validation_x: dict[str, np.ndarray] = field(default_factory=dict)  # validation families
+
+
+@dataclass
+class TestView:
+    """Rows only evaluation may touch: test normals, held-out families, unseen meta rows."""
+
+    normal_x: np.ndarray
+    held_out_x: dict[str, np.ndarray]
+    seen_meta_x: dict[str, np.ndarray]  # meta rows outside the budget pool (secondary metric)
+
+
+def _family_rng(seed: int, purpose: int, family: str) -> np.random.Generator:
+    return np.random.default_rng([seed, purpose, zlib.crc32(family.encode())])
+
+
+def _rows_of(table: FamilyTable, family: str, split: str | None) -> FamilyTable:
+    mask = table.families == family
+    if split is not None and table.split is not None:
+        mask &= table.split == split
+    sub = table.select(mask)
+    return sub.select(np.argsort(sub.row_ids, kind="stable"))
+
+
+def _split_normal(table: FamilyTable, family: str, data: DataConfig, seed: int):
+    """(train, val, test) rows of one normal family; official test rows stay test rows."""
+    if table.split is not None and (table.split == "test").any():
+        pool = _rows_of(table, family, "train")
+        test = _rows_of(table, family, "test")
+        val_share = data.val_fraction
+    else:
+        pool = _rows_of(table, family, None)
+        test = None
+        val_share = data.val_fraction
+    order = _family_rng(seed, 1, family).permutation(len(pool))
+    n_val = int(round(val_share * len(pool)))
+    n_test = 0 if test is not None else int(round(data.test_fraction * len(pool)))
+    val_idx, test_idx, train_idx = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    if test is None:
+        test = pool.select(np.sort(test_idx))
+    return pool.select(np.sort(train_idx)), pool.select(np.sort(val_idx)), test
+
+
+def _budget_pool(table: FamilyTable, family: str, budget: int, seed: int) -> FamilyTable:
+    rows = _rows_of(table, family, "train")
+    take = min(budget, len(rows))
+    chosen = _family_rng(seed, 2, family).choice(len(rows), size=take, replace=False)
+    return rows.select(np.sort(chosen))
+
+
+def check_meta_config(meta: MetaConfig) -> None:
+    if meta.k_shot > meta.budget:
+        raise ConfigError(
+            f"meta.k_shot={meta.k_shot} is larger than meta.budget={meta.budget}; "
+            "expected k_shot <= budget (shots are drawn from the budget pool)"
+        )
+    for key in ("k_shot", "budget", "n_support", "n_query", "episodes"):
+        if getattr(meta, key) < 1:
+            raise ConfigError(f"meta.{key}={getattr(meta, key)}; expected a positive integer")
+
+
+def build_training_view(
+    source: DatasetSource, roles: FamilyRoles, data: DataConfig, meta: MetaConfig, seed: int
+) -> TrainingView:
+    check_meta_config(meta)
+    table = source.read(roles.trainable)  # held-out families are never read
+    train_parts, val_parts, index = [], [], []
+    for i, family in enumerate(roles.normal):
+        train, val, _ = _split_normal(table, family, data, seed)
+        train_parts.append(train.features)
+        val_parts.append(val.features)
+        index.append(np.full(len(train), i, dtype=np.int64))
+    budget = {f: _budget_pool(table, f, meta.budget, seed) for f in roles.meta}
+    for family, pool in budget.items():
+        if len(pool) == 0:
+            raise ConfigError(f"data.meta: family '{family}' has no training rows to draw shots from")
+    validation = {}
+    for family in roles.validation:
+        rows = _rows_of(table, family, "train" if table.split is not None else None)
+        keep = _family_rng(seed, 3, family).permutation(len(rows))[: data.max_validation_rows]
+        validation[family] = rows.features[np.sort(keep)]
+    normal_x = np.concatenate(train_parts)
+    if len(normal_x) < meta.n_support + meta.n_query:
+        raise ConfigError(
+            f"meta.n_support + meta.n_query = {meta.n_support + meta.n_query} exceeds the "
+            f"{len(normal_x)} training normal rows; lower them"
+        )
+    return TrainingView(
+        feature_names=table.feature_names,
+        normal_families=list(roles.normal),
+        normal_x=normal_x,
+        normal_family_index=np.concatenate(index),
+        val_normal_x=np.concatenate(val_parts),
+        budget_x={f: p.features for f, p in budget.items()},
+        budget_row_ids={f: p.row_ids for f, p in budget.items()},
+        validation_x=validation,
+    )
+
+
+def build_test_view(
+    source: DatasetSource, roles: FamilyRoles, data: DataConfig, meta: MetaConfig, seed: int
+) -> TestView:
+    table = source.read(roles.normal + roles.meta + roles.held_out)
+    official = table.split is not None and (table.split == "test").any()
+    normal = np.concatenate([_split_normal(table, f, data, seed)[2].features for f in roles.normal])
+    held_out = {f: _rows_of(table, f, "test" if official else None).features for f in roles.held_out}
+    seen = {}
+    for family in roles.meta:
+        pool_ids = _budget_pool(table, family, meta.budget, seed).row_ids
+        rows = _rows_of(table, family, "test" if official else None)
+        seen[family] = rows.features[~np.isin(rows.row_ids, pool_ids)]
+    return TestView(normal_x=normal, held_out_x=held_out, seen_meta_x=seen)

@@ -1,0 +1,21 @@
+"""The method's own ablation: the inner loop alone (one-class MSP over normal classes).
+
+Same encoder, episodes and inner objective, no outer calibration: whatever the method gains
+over this comes from the anomaly shots.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def fit_inner_only(cfg, setup):
+    from metaad_dist.train.local import train_local
+
+    result = train_local(cfg, outer=False, setup=setup)
+    model = result.trained.model.eval()
+
+    def score(x_scaled: np.ndarray) -> np.ndarray:
+        return model.anomaly_score(torch.as_tensor(x_scaled), cfg.model.score).numpy()
+
+    return score

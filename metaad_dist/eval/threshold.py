@@ -1,0 +1,17 @@
+"""The single operating threshold, chosen on validation data by maximising F1 (METHOD.md 5)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+# Without validation families, flag rows scoring above this quantile of validation normals.
+FALLBACK_NORMAL_QUANTILE = 0.95
+
+
+def choose_threshold(normal_scores: np.ndarray, anomaly_scores: np.ndarray | None) -> float:
+    if anomaly_scores is None or len(anomaly_scores) == 0:
+        return float(np.quantile(normal_scores, FALLBACK_NORMAL_QUANTILE))
+    y = np.concatenate([np.zeros(len(normal_scores)), np.ones(len(anomaly_scores))])
+    precision, recall, thresholds = precision_recall_curve(y, np.concatenate([normal_scores, anomaly_scores]))
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])

@@ -1,0 +1,95 @@
+"""Encoder f_theta, optional decoder g_psi, head h_phi and bounded temperature (METHOD.md 3).
+
+Pure PyTorch: no Ray, no config objects beyond plain arguments, so the same module runs in
+one process, inside Ray Train workers and in the scikit-learn-style estimator.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(dims: Sequence[int], dropout: float = 0.0, final_activation: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2 or final_activation:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class BoundedTemperature(nn.Module):
+    """T = exp(tau) with log T squashed into [log t_min, log t_max] by a sigmoid.
+
+    A smooth bound keeps a gradient everywhere, unlike clamping at the edges.
+    """
+
+    def __init__(self, init: float, t_min: float, t_max: float):
+        super().__init__()
+        if not t_min < init < t_max or t_min <= 0:
+            raise ValueError(f"temperature init {init} must lie strictly inside ({t_min}, {t_max})")
+        self.log_min, self.log_max = math.log(t_min), math.log(t_max)
+        frac = (math.log(init) - self.log_min) / (self.log_max - self.log_min)
+        self.raw = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+
+    def log_t(self) -> torch.Tensor:
+        return self.log_min + (self.log_max - self.log_min) * torch.sigmoid(self.raw)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_t().exp()
+
+
+class MetaADModel(nn.Module):
+    """f (encoder), g (decoder, optional), h (head) and T; scores are 1 - max softmax or energy."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden_dims: Sequence[int] = (128, 64),
+        embed_dim: int = 32,
+        dropout: float = 0.0,
+        use_decoder: bool = False,
+        temperature_init: float = 1.0,
+        temperature_min: float = 0.3,
+        temperature_max: float = 1.05,
+    ):
+        super().__init__()
+        self.encoder = mlp([in_dim, *hidden_dims, embed_dim], dropout, final_activation=True)
+        self.decoder = mlp([embed_dim, *reversed(hidden_dims), in_dim]) if use_decoder else None
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.temperature = BoundedTemperature(temperature_init, temperature_min, temperature_max)
+
+    def inner_parameters(self) -> list[nn.Parameter]:
+        """theta (and psi): the representation shaped on normal rows."""
+        params = list(self.encoder.parameters())
+        if self.decoder is not None:
+            params += list(self.decoder.parameters())
+        return params
+
+    def outer_parameters(self) -> list[nn.Parameter]:
+        """phi and tau: the decision surface calibrated with anomaly shots."""
+        return list(self.head.parameters()) + list(self.temperature.parameters())
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z) / self.temperature()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.encoder(x))
+
+    def confidence(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self(x), dim=1).max(dim=1).values
+
+    @torch.no_grad()
+    def anomaly_score(self, x: torch.Tensor, kind: str = "msp") -> torch.Tensor:
+        logits = self(x)
+        if kind == "msp":
+            return 1.0 - torch.softmax(logits, dim=1).max(dim=1).values
+        if kind == "energy":
+            return -self.temperature() * torch.logsumexp(logits, dim=1)
+        raise ValueError(f"unknown score '{kind}'; expected 'msp' or 'energy'")

@@ -1,0 +1,83 @@
+"""A trained run in storage: model.pt (weights, scaler, roles), config.yaml, metrics.json.
+
+Everything in model.pt is tensors, strings, numbers, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: a checkpoint can never execute code.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+
+from metaad_dist.data.scaling import FeatureScaler
+from metaad_dist.data.storage import Location
+from metaad_dist.errors import UserError
+from metaad_dist.model.networks import MetaADModel
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainedModel:
+    model: MetaADModel
+    scaler: FeatureScaler
+    feature_names: list[str]
+    score: str  # msp | energy
+
+    @torch.no_grad()
+    def anomaly_scores(self, x, device: torch.device | None = None, batch: int = 65536):
+        device = device or torch.device("cpu")
+        self.model.to(device).eval()
+        xs = self.scaler.transform(x)
+        out = [
+            self.model.anomaly_score(torch.as_tensor(xs[i:i + batch], device=device), self.score).cpu()
+            for i in range(0, len(xs), batch)
+        ]
+        return torch.cat(out).numpy() if out else torch.zeros(0).numpy()
+
+
+def save_run(location: Location, trained: TrainedModel, model_args: dict, extra: dict, config, metrics: dict) -> None:
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model_args": model_args,
+        "model_state": trained.model.state_dict(),
+        "scaler": trained.scaler.state_dict(),
+        "feature_names": list(trained.feature_names),
+        "score": trained.score,
+        **extra,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    location.write_bytes_atomic(OmegaConf.to_yaml(config).encode(), CONFIG_FILE)
+    location.write_bytes_atomic(json.dumps(metrics, indent=2).encode(), METRICS_FILE)
+    location.write_bytes_atomic(buf.getvalue(), MODEL_FILE)  # last: its presence marks a complete run
+
+
+def load_run(location: Location) -> tuple[TrainedModel, dict]:
+    if not location.exists(MODEL_FILE):
+        raise UserError(f"{location.uri}: no trained run here (missing {MODEL_FILE}); run `metaad train` first")
+    try:
+        payload = torch.load(io.BytesIO(location.read_bytes(MODEL_FILE)), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise UserError(f"{location.uri}/{MODEL_FILE}: not a readable metaad checkpoint ({type(exc).__name__})") from None
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{location.uri}/{MODEL_FILE}: format_version {payload.get('format_version')}; expected {FORMAT_VERSION}"
+        )
+    model = MetaADModel(**payload["model_args"])
+    model.load_state_dict(payload["model_state"])
+    model.eval()
+    trained = TrainedModel(model, FeatureScaler.from_state_dict(payload["scaler"]), payload["feature_names"], payload["score"])
+    return trained, payload
+
+
+def load_run_config(location: Location):
+    if not location.exists(CONFIG_FILE):
+        raise UserError(f"{location.uri}: no trained run here (missing {CONFIG_FILE})")
+    return OmegaConf.create(location.read_bytes(CONFIG_FILE).decode())

@@ -1,0 +1,70 @@
+"""The single-process training loop: episodes -> MetaLearner.step, with progress and validation."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from metaad_dist.config import Config
+from metaad_dist.eval.metrics import detection_metrics
+from metaad_dist.meta.learner import MetaLearner
+from metaad_dist.train.artifacts import TrainedModel
+from metaad_dist.train.setup import TrainingSetup, prepare_training, resolve_device
+
+
+@dataclass
+class TrainResult:
+    trained: TrainedModel
+    setup: TrainingSetup
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def validation_auroc(model, setup: TrainingSetup, score: str, device: torch.device) -> Optional[float]:
+    """AUROC of validation families vs validation normals: model selection only, never held-out."""
+    if not setup.validation_x:
+        return None
+    model.eval()
+    normal = model.anomaly_score(torch.as_tensor(setup.val_normal_x, device=device), score).cpu().numpy()
+    anomalies = np.concatenate([
+        model.anomaly_score(torch.as_tensor(x, device=device), score).cpu().numpy()
+        for x in setup.validation_x.values()
+    ])
+    model.train()
+    return detection_metrics(normal, anomalies)["auroc"]
+
+
+def train_local(
+    cfg: Config,
+    outer: bool = True,
+    setup: Optional[TrainingSetup] = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train in this process. `outer=False` is the inner-loop-only ablation (one-class MSP)."""
+    setup = setup or prepare_training(cfg)
+    device = resolve_device(cfg.trainer.device)
+    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device)
+    history: list[dict] = []
+    start = time.perf_counter()
+    label = "method" if outer else "inner-only"
+    for e in range(cfg.meta.episodes):
+        metrics = learner.step(setup.sampler.episode(e), outer=outer and e >= cfg.meta.warmup_episodes)
+        done = e + 1
+        if done % cfg.trainer.validate_every == 0 or done == cfg.meta.episodes:
+            metrics["val_auroc"] = validation_auroc(learner.model, setup, cfg.model.score, device)
+        metrics["episode"] = done
+        history.append(metrics)
+        if not cfg.quiet and (done % cfg.trainer.log_every == 0 or done == cfg.meta.episodes):
+            rate = done / (time.perf_counter() - start)
+            shown = " ".join(
+                f"{k} {v:.3f}" for k, v in metrics.items()
+                if k in ("inner_loss", "outer_loss", "confidence_margin", "temperature", "val_auroc") and v is not None
+            )
+            log(f"[{label}] episode {done}/{cfg.meta.episodes} {shown} ({rate:.1f} episodes/s)")
+    learner.model.eval()
+    trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
+    return TrainResult(trained, setup, history, time.perf_counter() - start)

@@ -1,0 +1,82 @@
+"""Everything built before the episode loop, shared by the local loop and Ray Train workers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metaad_dist.config import Config, ModelConfig
+from metaad_dist.data.roles import FamilyRoles
+from metaad_dist.data.scaling import FeatureScaler
+from metaad_dist.data.source import open_source
+from metaad_dist.data.views import TrainingView, build_training_view
+from metaad_dist.episodes.sampler import EpisodeSampler
+from metaad_dist.errors import ConfigError
+from metaad_dist.meta.labels import ClassLabeler
+from metaad_dist.model.networks import MetaADModel
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device='{name}' but CUDA is not available; use 'cpu' or 'auto'")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device='{name}'; expected auto, cpu, cuda or cuda:N") from None
+
+
+def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int) -> dict:
+    """Plain constructor arguments: they go into checkpoints so a model rebuilds without Hydra."""
+    return {
+        "in_dim": in_dim,
+        "num_classes": num_classes,
+        "hidden_dims": list(cfg.hidden_dims),
+        "embed_dim": cfg.embed_dim,
+        "dropout": cfg.dropout,
+        "use_decoder": cfg.use_decoder,
+        "temperature_init": cfg.temperature_init,
+        "temperature_min": cfg.temperature_min,
+        "temperature_max": cfg.temperature_max,
+    }
+
+
+@dataclass
+class TrainingSetup:
+    roles: FamilyRoles
+    view: TrainingView  # raw features, as read
+    scaler: FeatureScaler  # fitted on training normal rows only
+    sampler: EpisodeSampler  # over scaled features
+    model_args: dict
+    val_normal_x: np.ndarray  # scaled
+    validation_x: dict[str, np.ndarray]  # scaled
+
+    def build_model(self, seed: int) -> MetaADModel:
+        torch.manual_seed(seed)
+        return MetaADModel(**self.model_args)
+
+
+def prepare_training(cfg: Config) -> TrainingSetup:
+    source = open_source(cfg.data, cfg.storage)
+    roles = FamilyRoles.from_config(cfg.data, source.family_names())
+    view = build_training_view(source, roles, cfg.data, cfg.meta, cfg.seed)
+    scaler = FeatureScaler(cfg.data.scaler, cfg.seed).fit(view.normal_x)
+    normal_x = scaler.transform(view.normal_x)
+    labeler = ClassLabeler(len(view.normal_families), cfg.model.pseudo_classes, cfg.seed)
+    labels = labeler.fit_transform(normal_x, view.normal_family_index)
+    budget = {f: scaler.transform(x) for f, x in view.budget_x.items()}
+    sampler = EpisodeSampler(
+        normal_x, labels, view.normal_family_index, len(view.normal_families), budget, cfg.meta, cfg.seed
+    )
+    return TrainingSetup(
+        roles=roles,
+        view=view,
+        scaler=scaler,
+        sampler=sampler,
+        model_args=model_arguments(cfg.model, normal_x.shape[1], labeler.num_classes),
+        val_normal_x=scaler.transform(view.val_normal_x),
+        validation_x={f: scaler.transform(x) for f, x in view.validation_x.items()},
+    )
+

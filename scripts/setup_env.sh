@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create or refresh .venv with the pinned versions and install metaad-dist (editable) into it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${METAAD_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+stamp="$VENV/.metaad-installed"
+want="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing pinned dependencies into $VENV (first time: about a minute)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[test]"
+  echo "$want" > "$stamp"
+fi
