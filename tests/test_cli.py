@@ -1,0 +1,104 @@
+"""The CLI end to end, in process, and every user mistake as a one-line error."""
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pyarrow as pa
+import pytest
+
+from metaad_dist.cli import main
+
+
+def _error(capsys, *argv) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("metaad: error: ")
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    args = [f"storage.root={root}", "run=quick", "meta.episodes=60", "quiet=true"]
+    assert main(["train", *args]) == 0
+    return root, args
+
+
+def test_help_lists_commands_and_groups(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("prepare", "train", "evaluate", "score", "data", "model", "meta", "trainer", "storage", "eval"):
+        assert word in out
+
+
+def test_module_entry_point_prints_one_line_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "metaad_dist", "train", "meta.bogus=1"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "metaad: error: unknown config key 'meta.bogus'; run `metaad --help` and `metaad <command> --cfg` for valid keys"
+
+
+def test_unknown_config_key(capsys):
+    assert "unknown config key 'model.wings'" in _error(capsys, "train", "model.wings=2")
+
+
+def test_wrong_type_names_the_key(capsys):
+    assert "meta.inner_steps" in _error(capsys, "train", "meta.inner_steps=many")
+
+
+def test_unknown_family_name(capsys):
+    err = _error(capsys, "train", "data.meta=[5,12]")
+    assert "data.meta: unknown family '12'" in err
+
+
+def test_overlapping_roles(capsys):
+    err = _error(capsys, "train", "data.validation=[5]")
+    assert "family '5'" in err and "must not overlap" in err
+
+
+def test_empty_role(capsys):
+    assert "data.held_out is empty" in _error(capsys, "train", "data.held_out=[]")
+
+
+def test_k_shot_larger_than_budget(capsys):
+    assert "meta.k_shot=12 is larger than meta.budget=10" in _error(capsys, "train", "meta.k_shot=12")
+
+
+def test_non_numeric_feature_column(capsys, trained_run, tmp_path):
+    root, args = trained_run
+    table = {f"pixel_{i}": np.zeros(3) for i in range(64)}
+    table["pixel_7"] = np.array(["0", "x7", "2"])
+    path = tmp_path / "new.csv"
+    pacsv.write_csv(pa.table(table), str(path))
+    err = _error(capsys, "score", *args, f"input={path}", f"output={tmp_path / 'out.parquet'}")
+    assert "column 'pixel_7' is not numeric (value 'x7')" in err
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_score_writes_scores_and_flags(trained_run, tmp_path):
+    from sklearn.datasets import load_digits
+
+    root, args = trained_run
+    x = load_digits().data[:50]
+    src = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({f"pixel_{i}": x[:, i] for i in range(64)} | {"id": np.arange(50)}), src)
+    assert main(["score", *args, f"input={src}", f"output={tmp_path / 'scored.parquet'}"]) == 0
+    out = pq.read_table(tmp_path / "scored.parquet")
+    assert out.num_rows == 50 and out.column("id").to_pylist() == list(range(50))
+    scores = out.column("anomaly_score").to_numpy()
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert out.schema.field("is_anomaly").type == pa.bool_()
+
+
+def test_evaluate_prints_table_and_writes_report(trained_run, capsys):
+    root, args = trained_run
+    assert main(["evaluate", *args, "eval.baselines=[isolation_forest]"]) == 0
+    out = capsys.readouterr().out
+    assert "metaad" in out and "isolation_forest" in out and "FPR@95" in out
+    assert (root / "quick" / "report" / "metrics.json").is_file()
+
+
+def test_evaluate_missing_run(capsys, tmp_path):
+    assert "no trained run here" in _error(capsys, "evaluate", f"storage.root={tmp_path}", "run=nothing")
