@@ -33,6 +33,14 @@ class SourceConfig:
     nonfinite_policy: str = "drop"  # drop (and count) | fail
     row_group_size: int = 65536
     rows_per_shard: int = 1_000_000
+    # Added by the data plane (issue 3).
+    label_strip_suffix: str = ""  # e.g. "." for KDD Cup 99 labels such as "smurf."
+    max_categories: int = 1024  # per categorical column; more is almost surely an id column
+    npz_features_key: str = "x"  # NPZ inputs: (n, d) feature array
+    npz_family_key: str = "y"  # NPZ inputs: (n,) family labels
+    csv_block_size: int = 8 << 20  # bytes per streamed CSV block
+    compression: str = "zstd"  # Parquet codec of the shards: zstd | snappy | gzip | lz4 | none
+    overwrite: bool = False  # replace an existing prepared dataset at the destination
 
 
 @dataclass
@@ -129,6 +137,10 @@ class StorageConfig:
     endpoint_url: Optional[str] = None  # S3-compatible endpoint; credentials come from the AWS chain
     region: Optional[str] = None
     create_bucket: bool = False
+    # Added by the data plane (issue 3): S3 client behaviour (boto3 checks and pyarrow I/O).
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 60.0
+    max_attempts: int = 3
 
 
 @dataclass
