@@ -145,9 +145,27 @@ class StorageConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation and the baselines beside the method (METHOD.md section 7, eval/baselines/)."""
+
     baselines: list[str] = field(default_factory=lambda: ["inner_only", "isolation_forest"])
     output: Optional[str] = None  # report folder; default <run>/report
     isolation_forest_estimators: int = 200
+    # Neural baselines (supervised_mlp, deep_svdd, deep_sad, devnet, prenet). Defaults follow
+    # DeepOD's tabular models, the peer implementation behind ANCHORS.md; one epoch is
+    # ceil(training rows / batch size) steps, capped by net_max_steps_per_epoch when > 0.
+    net_hidden_dims: list[int] = field(default_factory=lambda: [100, 50])  # supervised_mlp uses model.*
+    net_epochs: int = 50
+    net_batch_size: int = 64
+    net_lr: float = 1e-3
+    net_weight_decay: float = 0.0
+    net_max_steps_per_epoch: int = 0
+    deep_sad_rep_dim: int = 128  # also Deep SVDD
+    deep_sad_eta: float = 1.0  # weight of the labelled-anomaly term
+    devnet_margin: float = 5.0  # a: labelled anomalies at least a std above the N(0,1) prior
+    devnet_reference_size: int = 5000  # l: prior scores drawn per step
+    prenet_rep_dim: int = 128
+    prenet_pair_targets: list[float] = field(default_factory=lambda: [8.0, 4.0, 0.0])  # (a,a) (a,u) (u,u)
+    prenet_score_pairs: int = 30  # E: anomalies and normal rows each new row is paired with
 
 
 @dataclass

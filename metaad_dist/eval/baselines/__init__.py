@@ -1,4 +1,23 @@
-"""Baselines run on the same split, budget and preprocessing as the method (METHOD.md 7)."""
+"""Baselines run on the same split, budget and preprocessing as the method (METHOD.md 7).
+
+Each module holds a numpy-in implementation (``fit_*(normal_x, anomaly_x, seed, ...) ->
+scorer``) on already-scaled features, and cites its paper. :func:`fit_baseline` adapts a
+:class:`~metaad_dist.train.setup.TrainingSetup` to those arrays: training normal rows
+(``setup.sampler.normal_x``) and the budget pool of each meta family (``setup.sampler.budget_x``),
+both scaled by the setup's scaler. Validation families and held-out rows are never used.
+
+=================  ==========================================  ===========================
+name               what it trains on                           source
+=================  ==========================================  ===========================
+inner_only         normal rows (the method's inner loop)       this project (ablation)
+isolation_forest   normal rows                                 Liu et al., ICDM 2008
+deep_svdd          normal rows                                 Ruff et al., ICML 2018
+supervised_mlp     normal rows + budget anomalies              plain classifier, same encoder
+deep_sad           normal rows + budget anomalies              Ruff et al., ICLR 2020
+devnet             normal rows + budget anomalies              Pang et al., KDD 2019
+prenet             normal rows + budget anomalies              Pang et al., KDD 2023
+=================  ==========================================  ===========================
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,11 +26,15 @@ import numpy as np
 
 from metaad_dist.errors import ConfigError
 
-Scorer = Callable[[np.ndarray], np.ndarray]  # scaled features -> anomaly scores
+Scorer = Callable[[np.ndarray], np.ndarray]  # scaled features -> anomaly scores (higher = more anomalous)
+
+BASELINES = ["inner_only", "isolation_forest", "deep_svdd", "supervised_mlp", "deep_sad", "devnet", "prenet"]
 
 
 def fit_baseline(name: str, cfg, setup) -> Scorer:
     """Fit baseline `name` on the training view of `setup` and return its scorer."""
+    if name not in BASELINES:
+        raise ConfigError(f"eval.baselines: unknown baseline '{name}'; expected one of {BASELINES}")
     if name == "isolation_forest":
         from metaad_dist.eval.baselines.isolation_forest import fit_isolation_forest
 
@@ -20,7 +43,27 @@ def fit_baseline(name: str, cfg, setup) -> Scorer:
         from metaad_dist.eval.baselines.inner_only import fit_inner_only
 
         return fit_inner_only(cfg, setup)
-    raise ConfigError(f"eval.baselines: unknown baseline '{name}'; expected one of {BASELINES}")
 
+    from metaad_dist.train.setup import resolve_device
 
-BASELINES = ["inner_only", "isolation_forest"]
+    device = resolve_device(cfg.trainer.device)
+    normal_x, budget_x = setup.sampler.normal_x, setup.sampler.budget_x
+    if name == "deep_svdd":
+        from metaad_dist.eval.baselines.deep_sad import fit_deep_svdd
+
+        return fit_deep_svdd(normal_x, cfg.seed, cfg.eval, device)
+    if name == "deep_sad":
+        from metaad_dist.eval.baselines.deep_sad import fit_deep_sad
+
+        return fit_deep_sad(normal_x, budget_x, cfg.seed, cfg.eval, device)
+    if name == "supervised_mlp":
+        from metaad_dist.eval.baselines.supervised_mlp import fit_supervised_mlp
+
+        return fit_supervised_mlp(normal_x, budget_x, cfg.seed, cfg.model, cfg.eval, device)
+    if name == "devnet":
+        from metaad_dist.eval.baselines.devnet import fit_devnet
+
+        return fit_devnet(normal_x, budget_x, cfg.seed, cfg.eval, device)
+    from metaad_dist.eval.baselines.prenet import fit_prenet
+
+    return fit_prenet(normal_x, budget_x, cfg.seed, cfg.eval, device)
