@@ -21,3 +21,78 @@ def compose():
         return cfg
 
     return _compose
+
+
+# --------------------------------------------------------------------------- data plane (issue 3)
+
+import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The shared raw datasets (../shared/datasets beside the clone, or $METAAD_DATASETS)."""
+    path = Path(os.environ.get("METAAD_DATASETS") or REPO.parent / "shared" / "datasets").resolve()
+    if not (path / "unsw_nb15").is_dir() or not (path / "nsl_kdd").is_dir():
+        pytest.fail(
+            f"raw datasets not found at {path}: the tests expect ../shared/datasets beside the repository "
+            "(or METAAD_DATASETS pointing at a copy)"
+        )
+    return path
+
+
+@pytest.fixture
+def datasets_env(shared_datasets, monkeypatch) -> Path:
+    """Dataset configs resolve ${oc.env:METAAD_DATASETS,...}: point it at the shared copy."""
+    monkeypatch.setenv("METAAD_DATASETS", str(shared_datasets))
+    return shared_datasets
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real SeaweedFS S3 server on free loopback ports for the whole session."""
+    from s3_server import SeaweedS3
+
+    server = SeaweedS3().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class S3Bucket:
+    server: object
+    bucket: str
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.server.endpoint_url
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *parts])
+
+    def storage(self, **overrides):
+        from metaad_dist.config import StorageConfig
+
+        return StorageConfig(endpoint_url=self.endpoint_url, **overrides)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        client = self.server.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> S3Bucket:
+    """The server's credentials in the environment (the standard AWS chain) and a fresh bucket."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    bucket = f"metaad-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    return S3Bucket(s3_server, bucket)

@@ -1,0 +1,376 @@
+"""Streaming readers for raw input tables: CSV, CSV.gz, a zip holding one CSV, Parquet, NPZ.
+
+Every reader yields Arrow record batches of a bounded size with the requested columns cast to
+the requested types, from a local path or s3:// (same storage layer as everything else).
+Parse problems become one-line DataErrors that name the file, the column and the value.
+NPZ is the exception to streaming: numpy loads an archive member whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import re
+import zipfile
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from metaad_dist.config import SourceConfig, StorageConfig
+from metaad_dist.data.storage import Location, open_location, storage_errors
+from metaad_dist.errors import ConfigError, DataError
+
+FORMATS = ("auto", "csv", "parquet", "npz")
+CSV_SUFFIXES = (".csv", ".txt", ".data", ".tsv")
+HASH_CHUNK = 8 << 20
+PEEK_BLOCK = 1 << 20
+SHOW_CHARS = 60  # of an offending row or value in an error message
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One configured input file."""
+
+    key: str  # config key naming it, e.g. data.source.train_files[0]
+    uri: str  # local path or s3://bucket/key, as configured
+    split: str  # "train" or "test"
+    kind: str  # csv | zip | parquet | npz
+    compression: Optional[str]  # gzip for .gz CSVs
+
+
+def _short(text: str) -> str:
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS] + "..."
+
+
+def detect_kind(uri: str, fmt: str, key: str) -> tuple[str, Optional[str]]:
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.source.format='{fmt}'; expected one of {list(FORMATS)}")
+    name = posixpath.basename(uri).lower()
+    gz = name.endswith(".gz")
+    stem = name[:-3] if gz else name
+    if name.endswith(".zip"):
+        return "zip", None
+    if fmt == "csv" or (fmt == "auto" and (stem.endswith(CSV_SUFFIXES) or gz)):
+        return "csv", "gzip" if gz else None
+    if fmt == "parquet" or (fmt == "auto" and stem.endswith((".parquet", ".pq"))):
+        return "parquet", None
+    if fmt == "npz" or (fmt == "auto" and stem.endswith(".npz")):
+        return "npz", None
+    raise DataError(
+        f"{key}: {uri}: cannot tell the format from the name; set data.source.format to csv, parquet or npz"
+    )
+
+
+def split_uri(uri: str, storage: StorageConfig) -> tuple[Location, str]:
+    parent, name = posixpath.split(uri.rstrip("/"))
+    return open_location(parent or ".", storage, create_bucket=False), name
+
+
+def raw_file(uri: str, key: str, split: str, src: SourceConfig, storage: StorageConfig) -> RawFile:
+    """Check an input exists (one line naming the config key if not) and detect its kind."""
+    kind, compression = detect_kind(uri, src.format, key)
+    location, name = split_uri(uri, storage)
+    with storage_errors(uri):
+        info = location.fs.get_file_info(location.path(name))
+    if info.type != pafs.FileType.File:
+        what = "is a folder, expected a file" if info.type == pafs.FileType.Directory else "file not found"
+        raise DataError(f"{key}: {uri}: {what}")
+    return RawFile(key=key, uri=uri, split=split, kind=kind, compression=compression)
+
+
+def file_digest(uri: str, storage: StorageConfig) -> tuple[str, int]:
+    """sha256 and size of a file, streamed."""
+    location, name = split_uri(uri, storage)
+    digest, size = hashlib.sha256(), 0
+    with storage_errors(uri), location.fs.open_input_stream(location.path(name)) as f:
+        while True:
+            chunk = f.read(HASH_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class _Opened:
+    """An open byte stream of a raw file (the zip member for a zip) and what must be closed after."""
+
+    def __init__(self, raw: RawFile, storage: StorageConfig):
+        location, name = split_uri(raw.uri, storage)
+        path = location.path(name)
+        self._closers = []
+        with storage_errors(raw.uri):
+            if raw.kind == "zip":
+                handle = location.fs.open_input_file(path)
+                self._closers.append(handle)
+                try:
+                    archive = zipfile.ZipFile(handle)
+                except zipfile.BadZipFile:
+                    raise DataError(f"{raw.key}: {raw.uri}: not a valid zip archive") from None
+                self._closers.append(archive)
+                members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+                if len(members) != 1:
+                    raise DataError(
+                        f"{raw.key}: {raw.uri}: expected a zip holding one CSV, found {len(members)} files"
+                    )
+                self.stream = archive.open(members[0])
+            elif raw.kind == "csv":
+                self.stream = location.fs.open_input_stream(path, compression=raw.compression)
+            else:
+                self.stream = location.fs.open_input_file(path)
+        self._closers.insert(0, self.stream)
+
+    def close(self) -> None:
+        for c in self._closers:
+            try:
+                c.close()
+            except Exception:  # closing after an error must not hide the error
+                pass
+
+
+def _arrow_encoding(encoding: str) -> str:
+    # Arrow's CSV reader decodes UTF-8 itself and skips a UTF-8 byte-order mark.
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig"):
+        return "utf8"
+    return encoding
+
+
+def _csv_read_options(src: SourceConfig, block_size: int, names: Optional[list[str]]) -> pacsv.ReadOptions:
+    kwargs: dict = {"block_size": block_size, "encoding": _arrow_encoding(src.encoding), "use_threads": True}
+    if names is not None:
+        kwargs["column_names"] = names
+        kwargs["skip_rows"] = 1 if src.has_header else 0
+    return pacsv.ReadOptions(**kwargs)
+
+
+def column_names(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> list[str]:
+    """The columns of a raw file, before any dropping or renaming."""
+    if raw.kind in ("csv", "zip"):
+        if not src.has_header:
+            if not src.column_names:
+                raise ConfigError(
+                    f"data.source.has_header=false but data.source.column_names is empty; name the columns of {raw.uri}"
+                )
+            return list(src.column_names)
+        if src.column_names:
+            return list(src.column_names)
+        opened = _Opened(raw, storage)
+        try:
+            head = opened.stream.read(PEEK_BLOCK)
+        finally:
+            opened.close()
+        line = head.split(b"\n", 1)[0]
+        if len(line) == len(head) == PEEK_BLOCK:
+            raise DataError(f"{raw.key}: {raw.uri}: no end of the header line in the first {PEEK_BLOCK} bytes")
+        try:
+            names = list(pacsv.read_csv(
+                io.BytesIO(line.rstrip(b"\r") + b"\n"),
+                read_options=pacsv.ReadOptions(encoding=_arrow_encoding(src.encoding)),
+            ).column_names)
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise DataError(f"{raw.key}: {raw.uri}: cannot read a CSV header ({_first_line(exc)})") from None
+        if not line.strip() or not names:
+            raise DataError(f"{raw.key}: {raw.uri}: empty file, expected a CSV header")
+        return names
+    if raw.kind == "parquet":
+        opened = _Opened(raw, storage)
+        try:
+            return list(pq.ParquetFile(opened.stream).schema_arrow.names)
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"{raw.key}: {raw.uri}: not a Parquet file ({_first_line(exc)})") from None
+        finally:
+            opened.close()
+    x, _ = _load_npz(raw, src, storage)
+    return _npz_feature_names(x, src, raw) + [src.family_column]
+
+
+def _first_line(exc: BaseException) -> str:
+    return _short(next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__))
+
+
+_CSV_CONVERSION = re.compile(r"column #(\d+): .*conversion error to (\w+): invalid value '(.*)'", re.S)
+_CSV_COLUMNS = re.compile(r"Expected (\d+) columns, got (\d+)")
+
+
+def _csv_error(exc: BaseException, raw: RawFile, names: list[str], include: list[str], bad_rows: list) -> DataError:
+    text = str(exc)
+    match = _CSV_CONVERSION.search(text)
+    if match:
+        index = int(match.group(1))
+        column = names[index] if index < len(names) else f"#{index}"  # Arrow counts the file's columns
+        return DataError(
+            f"{raw.key}: {raw.uri}: column '{column}' holds text {_short(match.group(3))!r} where a number is "
+            "expected; fix the value, or list the column in data.source.categorical_columns or drop_columns"
+        )
+    match = _CSV_COLUMNS.search(text)
+    if match:
+        where = f"line {bad_rows[0]}" if bad_rows and bad_rows[0] is not None else "a row"
+        row = f": {_short(bad_rows[1])!r}" if bad_rows and len(bad_rows) > 1 else ""
+        return DataError(
+            f"{raw.key}: {raw.uri}: ragged row at {where}: expected {match.group(1)} fields, "
+            f"got {match.group(2)}{row}"
+        )
+    return DataError(f"{raw.key}: {raw.uri}: cannot parse CSV ({_first_line(exc)})")
+
+
+def iter_batches(
+    raw: RawFile,
+    src: SourceConfig,
+    storage: StorageConfig,
+    names: list[str],
+    types: dict[str, pa.DataType],
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the columns in `types` (in file order) from one raw file, cast to those types."""
+    include = [n for n in names if n in types]
+    if raw.kind in ("csv", "zip"):
+        yield from _iter_csv(raw, src, storage, names, include, types)
+    elif raw.kind == "parquet":
+        opened = _Opened(raw, storage)
+        try:
+            for batch in pq.ParquetFile(opened.stream).iter_batches(batch_size=batch_rows, columns=include):
+                yield cast_batch(batch, types, raw)
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"{raw.key}: {raw.uri}: cannot read Parquet ({_first_line(exc)})") from None
+        finally:
+            opened.close()
+    else:
+        x, y = _load_npz(raw, src, storage)
+        feature_names = _npz_feature_names(x, src, raw)
+        for start in range(0, len(x), batch_rows):
+            stop = min(start + batch_rows, len(x))
+            columns = {n: pa.array(x[start:stop, j]) for j, n in enumerate(feature_names) if n in types}
+            columns[src.family_column] = pa.array(y[start:stop].astype(str))
+            yield cast_batch(pa.RecordBatch.from_pydict({n: columns[n] for n in include}), types, raw)
+
+
+def _iter_csv(raw, src, storage, names, include, types) -> Iterator[pa.RecordBatch]:
+    bad_rows: list = []
+
+    def on_invalid(row) -> str:
+        bad_rows[:] = [row.number, row.text]
+        return "error"
+
+    opened = _Opened(raw, storage)
+    try:
+        reader = pacsv.open_csv(
+            opened.stream,
+            read_options=_csv_read_options(src, src.csv_block_size, names),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: types[n] for n in include},
+                include_columns=include,
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            yield batch
+    except pa.ArrowInvalid as exc:
+        raise _csv_error(exc, raw, names, include, bad_rows) from None
+    except (UnicodeDecodeError, pa.ArrowException) as exc:
+        raise DataError(f"{raw.key}: {raw.uri}: cannot read CSV ({_first_line(exc)})") from None
+    finally:
+        opened.close()
+
+
+def cast_batch(batch: pa.RecordBatch, types: dict[str, pa.DataType], raw: RawFile) -> pa.RecordBatch:
+    """Cast each column to its target type, naming the column and a bad value on failure."""
+    arrays = []
+    for name, column in zip(batch.schema.names, batch.columns):
+        target = types[name]
+        if column.type == target:
+            arrays.append(column)
+            continue
+        try:
+            if pa.types.is_string(target) and not pa.types.is_string(column.type):
+                arrays.append(pc.cast(column, pa.string()))
+            else:
+                arrays.append(pc.cast(column, target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            bad = _first_bad(column, target)
+            raise DataError(
+                f"{raw.key}: {raw.uri}: column '{name}' holds {bad!r} where a number is expected; fix the "
+                "value, or list the column in data.source.categorical_columns or drop_columns"
+            ) from None
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _first_bad(column: pa.Array, target: pa.DataType) -> str:
+    for value in column.to_pylist():
+        try:
+            pc.cast(pa.array([value]), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return _short(value)
+    return "?"
+
+
+def _load_npz(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> tuple[np.ndarray, np.ndarray]:
+    location, name = split_uri(raw.uri, storage)
+    data = location.read_bytes(name)
+    try:
+        archive = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{raw.key}: {raw.uri}: not a valid NPZ archive ({_first_line(exc)})") from None
+    with archive:
+        for key in (src.npz_features_key, src.npz_family_key):
+            if key not in archive.files:
+                raise DataError(
+                    f"{raw.key}: {raw.uri}: no array '{key}' (has {sorted(archive.files)}); "
+                    "set data.source.npz_features_key / npz_family_key"
+                )
+        x, y = archive[src.npz_features_key], archive[src.npz_family_key]
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(
+            f"{raw.key}: {raw.uri}: expected '{src.npz_features_key}' of shape (n, d) and "
+            f"'{src.npz_family_key}' of shape (n,), got {x.shape} and {y.shape}"
+        )
+    return x, y
+
+
+def _npz_feature_names(x: np.ndarray, src: SourceConfig, raw: RawFile) -> list[str]:
+    if src.column_names:
+        if len(src.column_names) != x.shape[1]:
+            raise ConfigError(
+                f"data.source.column_names has {len(src.column_names)} names but {raw.uri} has {x.shape[1]} features"
+            )
+        return list(src.column_names)
+    return [f"x{j}" for j in range(x.shape[1])]
+
+
+def load_label_map(uri: str, src: SourceConfig, storage: StorageConfig) -> dict[str, str]:
+    """A CSV with columns data.source.label_map_from -> label_map_to (e.g. attack -> category)."""
+    key = "data.source.label_map"
+    raw = raw_file(uri, key, "train", SourceConfig(format="csv", encoding=src.encoding), storage)
+    opened = _Opened(raw, storage)
+    try:
+        table = pacsv.read_csv(
+            opened.stream,
+            read_options=pacsv.ReadOptions(encoding=_arrow_encoding(src.encoding)),
+            convert_options=pacsv.ConvertOptions(column_types={src.label_map_from: pa.string(), src.label_map_to: pa.string()}),
+        )
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{key}: {uri}: cannot parse ({_first_line(exc)})") from None
+    finally:
+        opened.close()
+    for column, setting in ((src.label_map_from, "label_map_from"), (src.label_map_to, "label_map_to")):
+        if column not in table.column_names:
+            raise DataError(
+                f"{key}: {uri}: no column '{column}' (data.source.{setting}); columns are {table.column_names}"
+            )
+    mapping: dict[str, str] = {}
+    for a, b in zip(table.column(src.label_map_from).to_pylist(), table.column(src.label_map_to).to_pylist()):
+        a, b = (a or "").strip(), (b or "").strip()
+        if not a or not b:
+            raise DataError(f"{key}: {uri}: empty entry ({a!r} -> {b!r})")
+        if mapping.get(a, b) != b:
+            raise DataError(f"{key}: {uri}: label '{a}' maps to both '{mapping[a]}' and '{b}'")
+        mapping[a] = b
+    return mapping
