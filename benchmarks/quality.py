@@ -1,0 +1,419 @@
+"""Benchmark of record: leave-one-family-out quality of the method and every baseline.
+
+For each dataset, each anomaly family h is held out in turn (``data.held_out=[h]``, every other
+anomaly family is a ``meta`` family, no validation family); for each seed and each anomaly-shot
+budget B (labelled rows per meta family) one :func:`prepare_training` builds the split, the
+budget pools and the scaler, and every method trains on exactly that setup and is scored on the
+same test view (test normal rows + all test rows of h). METHOD.md section 7, ANCHORS.md.
+
+    python benchmarks/quality.py                                  # the full grid (long)
+    python benchmarks/quality.py --datasets nsl_kdd --seeds 3 --budgets 10 --scaler quantile
+    python benchmarks/quality.py --quick --datasets digits        # smoke run (seconds)
+
+Results are cached per (dataset, fold, seed, budget, method) under --cache, so an interrupted
+run continues where it stopped; ``--rerun metaad`` recomputes one method (e.g. after the method
+changed). Writes <out>/quality.md and <out>/quality.json (``summary[dataset][budget][method] =
+{"auroc", "aupr"}``, means over folds of the per-fold means over seeds) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+# The dataset configs find raw files under $METAAD_DATASETS (default ../shared/datasets relative
+# to the working directory); make that independent of where the benchmark is started.
+os.environ.setdefault("METAAD_DATASETS", str(REPO.parent / "shared" / "datasets"))
+
+from metaad_dist.cli import compose_config  # noqa: E402
+from metaad_dist.data import source as data_source  # noqa: E402
+from metaad_dist.data.views import build_test_view  # noqa: E402
+from metaad_dist.errors import ConfigError, UserError  # noqa: E402
+from metaad_dist.eval.baselines import BASELINES, fit_baseline  # noqa: E402
+from metaad_dist.eval.metrics import detection_metrics  # noqa: E402
+from metaad_dist.train.setup import prepare_training  # noqa: E402
+
+METHOD = "metaad"
+ALL_METHODS = [METHOD, *BASELINES]
+DATASETS = ("unsw_nb15", "nsl_kdd")
+BUILTIN_DATASETS = ("digits",)  # no prepare step; for smoke runs
+# UNSW-NB15 folds whose rows rarely occur verbatim under another label (METHOD.md section 7).
+LOW_DUPLICATE_FOLDS = {"unsw_nb15": ["Generic", "Shellcode", "Worms", "Reconnaissance"]}
+SCALERS = ("standard", "quantile")
+# A tiny configuration for smoke tests: every code path, seconds instead of hours.
+QUICK_OVERRIDES = [
+    "meta.episodes=10",
+    "meta.n_support=32",
+    "meta.n_query=32",
+    "eval.net_epochs=1",
+    "eval.net_max_steps_per_epoch=10",
+    "eval.isolation_forest_estimators=10",
+    "eval.prenet_score_pairs=4",
+    "trainer.validate_every=10",
+]
+METRICS = ("auroc", "aupr", "fpr95")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), help=f"of {DATASETS + BUILTIN_DATASETS}")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds: 0 .. N-1 (default 5)")
+    p.add_argument("--budgets", nargs="+", type=int, default=[5, 10, 50], help="labelled rows per meta family")
+    p.add_argument("--methods", nargs="+", default=ALL_METHODS, help=f"of {ALL_METHODS}")
+    p.add_argument(
+        "--scaler", default="quantile", help=f"one of {SCALERS}, fitted on training normal rows (default: quantile, "
+        "as configs/data/unsw_nb15.yaml and nsl_kdd.yaml)",
+    )
+    p.add_argument("--folds", nargs="+", default=None, help="held-out families to run (default: every anomaly family)")
+    p.add_argument("--quick", action="store_true", help="tiny training config: a smoke run, not a result")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every cell")
+    p.add_argument("--device", default=None, help="trainer.device for the method and the neural baselines")
+    # One thread: these networks are small, and on shared cores more threads spin-wait (measured
+    # here: 150 ms instead of 1 ms per step with a second busy process on a 2-core machine).
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--rerun", nargs="*", default=[], help="methods to recompute even when cached")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for quality.md / quality.json")
+    p.add_argument("--cache", default=str(REPO / "runs" / "benchmarks" / "quality"), help="per-cell results cache")
+    p.add_argument("--data-root", default=str(REPO / "prepared"), help="prepared datasets (metaad prepare output)")
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for d in args.datasets:
+        if d not in DATASETS + BUILTIN_DATASETS:
+            raise ConfigError(f"--datasets: unknown dataset '{d}'; expected some of {list(DATASETS + BUILTIN_DATASETS)}")
+    for m in args.methods + args.rerun:
+        if m not in ALL_METHODS:
+            raise ConfigError(f"--methods/--rerun: unknown method '{m}'; expected some of {ALL_METHODS}")
+    if args.scaler not in SCALERS:
+        raise ConfigError(f"--scaler='{args.scaler}'; expected one of {list(SCALERS)}")
+    if args.seeds < 1 or any(b < 1 for b in args.budgets):
+        raise ConfigError("--seeds and --budgets must be positive integers")
+
+
+def _quote(name: str) -> str:
+    return "'" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def family_list(names) -> str:
+    return "[" + ",".join(_quote(n) for n in names) + "]"
+
+
+def dataset_overrides(dataset: str, data_root: str) -> list[str]:
+    if dataset in BUILTIN_DATASETS:
+        return [f"data={dataset}"]
+    return [f"data={dataset}", f"data.path={os.path.join(data_root, dataset)}"]
+
+
+def ensure_prepared(dataset: str, data_root: str, log=print) -> None:
+    """Run `metaad prepare` for `dataset` into <data_root>/<dataset> unless a manifest is there."""
+    if dataset in BUILTIN_DATASETS:
+        return
+    dest = os.path.join(data_root, dataset)
+    if os.path.isfile(os.path.join(dest, "manifest.json")):
+        return
+    from metaad_dist.data.prepare import prepare_command
+
+    log(f"preparing {dataset} into {dest} ...")
+    prepare_command(compose_config([f"data={dataset}", f"output={dest}", "quiet=true"]))
+
+
+def anomaly_families(base_cfg) -> list[str]:
+    source = data_source.open_source(base_cfg.data, base_cfg.storage)
+    normal = {str(f) for f in base_cfg.data.normal}
+    return [str(f) for f in source.family_names() if str(f) not in normal]
+
+
+def cell_overrides(args, dataset: str, fold: str, others: list[str], seed: int, budget: int) -> list[str]:
+    out = dataset_overrides(dataset, args.data_root) + [
+        f"data.held_out={family_list([fold])}",
+        f"data.meta={family_list(others)}",
+        "data.validation=[]",
+        f"data.scaler={args.scaler}",
+        f"meta.budget={budget}",
+        f"seed={seed}",
+        "quiet=true",
+    ]
+    if args.quick:
+        out += QUICK_OVERRIDES
+    if args.device:
+        out.append(f"trainer.device={args.device}")
+    return out + list(args.set)
+
+
+def cache_tag(args) -> str:
+    """Cells computed under different settings never share a cache entry."""
+    extra = list(args.set) + (QUICK_OVERRIDES if args.quick else [])
+    tag = args.scaler + ("-quick" if args.quick else "")
+    if args.set:
+        tag += "-" + hashlib.sha1("\n".join(extra).encode()).hexdigest()[:10]
+    return tag
+
+
+def dataset_fingerprint(dataset: str, data_root: str) -> str:
+    """The prepared dataset's identity: a re-prepared (re-encoded) dataset never reuses old cells."""
+    if dataset in BUILTIN_DATASETS:
+        return dataset
+    manifest = json.loads((Path(data_root) / dataset / "manifest.json").read_text())
+    # Content only: a re-run of prepare on the same raw files keeps the fingerprint.
+    content = {k: manifest.get(k) for k in ("features", "categorical_encoding", "categories", "families", "rows")}
+    content["shards"] = sorted(str(s.get("sha256", s)) for s in manifest.get("shards", []))
+    return f"{dataset}-{hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def cache_path(args, dataset: str, fold: str, seed: int, budget: int, method: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in fold)
+    return (
+        Path(args.cache) / cache_tag(args) / dataset_fingerprint(dataset, args.data_root) / safe
+        / f"seed{seed}-budget{budget}-{method}.json"
+    )
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def fit_method(name: str, cfg, setup):
+    """A scorer for `name` trained on `setup`: the method itself or a baseline."""
+    if name != METHOD:
+        return fit_baseline(name, cfg, setup)
+    import torch
+
+    from metaad_dist.train.local import train_local
+
+    model = train_local(cfg, outer=True, setup=setup).trained.model.eval()
+    return lambda x: model.anomaly_score(torch.as_tensor(x), cfg.model.score).numpy()
+
+
+def run_cell(args, dataset: str, fold: str, others: list[str], seed: int, budget: int, methods: list[str], log) -> list[dict]:
+    cfg = compose_config(cell_overrides(args, dataset, fold, others, seed, budget))
+    setup = prepare_training(cfg)
+    test = build_test_view(data_source.open_source(cfg.data, cfg.storage), setup.roles, cfg.data, cfg.meta, cfg.seed)
+    normal_x = setup.scaler.transform(test.normal_x)
+    held_x = setup.scaler.transform(test.held_out_x[fold])
+    records = []
+    for method in methods:
+        start = time.perf_counter()
+        scorer = fit_method(method, cfg, setup)
+        fitted = time.perf_counter()
+        metrics = detection_metrics(scorer(normal_x), scorer(held_x))
+        record = {
+            "dataset": dataset, "fold": fold, "seed": seed, "budget": budget, "method": method,
+            "scaler": args.scaler, "quick": args.quick, "overrides": list(args.set),
+            **{k: metrics[k] for k in METRICS}, "n_normal": metrics["n_normal"], "n_anomaly": metrics["n_anomaly"],
+            "fit_seconds": fitted - start, "score_seconds": time.perf_counter() - fitted, "commit": git_commit(),
+        }
+        write_json_atomic(cache_path(args, dataset, fold, seed, budget, method), record)
+        records.append(record)
+        log(f"    {method:<17} AUROC {record['auroc']:.3f}  AUPR {record['aupr']:.3f}  ({record['fit_seconds']:.1f}s)")
+    return records
+
+
+def run_grid(args, log=print) -> tuple[list[dict], dict]:
+    """Compute (or load from cache) every requested cell; returns records and the fold lists."""
+    records, folds_by_dataset = [], {}
+    seeds = list(range(args.seeds))
+    for dataset in args.datasets:
+        ensure_prepared(dataset, args.data_root, log)
+        base = compose_config(dataset_overrides(dataset, args.data_root))
+        families = anomaly_families(base)
+        folds = [f for f in families if f in args.folds] if args.folds else families
+        if not folds:
+            raise ConfigError(f"--folds {args.folds}: none is an anomaly family of {dataset} ({families})")
+        folds_by_dataset[dataset] = folds
+        total = len(folds) * len(seeds) * len(args.budgets)
+        done = 0
+        for budget in args.budgets:
+            for seed in seeds:
+                for fold in folds:
+                    done += 1
+                    cached, todo = [], []
+                    for method in args.methods:
+                        path = cache_path(args, dataset, fold, seed, budget, method)
+                        if path.is_file() and method not in args.rerun:
+                            cached.append(json.loads(path.read_text()))
+                        else:
+                            todo.append(method)
+                    records += cached
+                    head = f"[{dataset} {done}/{total}] fold {fold} seed {seed} budget {budget}"
+                    if not todo:
+                        log(f"{head}: cached")
+                        continue
+                    log(f"{head}: {', '.join(todo)}" + (f" ({len(cached)} cached)" if cached else ""))
+                    others = [f for f in families if f != fold]
+                    records += run_cell(args, dataset, fold, others, seed, budget, todo, log)
+    return records, folds_by_dataset
+
+
+# ---------------------------------------------------------------- aggregation and reports
+def aggregate(records: list[dict], folds_by_dataset: dict, methods: list[str], budgets: list[int]) -> dict:
+    """per_fold[d][b][m][fold] = {metric: mean, metric_std: std over seeds, seeds: n};
+    overall[d][b][m] = mean over folds of per-fold means, std over seeds of fold-averaged values."""
+    index: dict = {}
+    for r in records:
+        index.setdefault((r["dataset"], str(r["budget"]), r["method"], r["fold"]), {})[r["seed"]] = r
+    per_fold: dict = {}
+    overall: dict = {}
+    for dataset, folds in folds_by_dataset.items():
+        for budget in map(str, budgets):
+            for method in methods:
+                rows = {f: index.get((dataset, budget, method, f), {}) for f in folds}
+                pf = {}
+                for fold, by_seed in rows.items():
+                    if not by_seed:
+                        continue
+                    entry = {"seeds": len(by_seed)}
+                    for k in METRICS:
+                        vals = np.array([r[k] for r in by_seed.values()])
+                        entry[k], entry[f"{k}_std"] = float(vals.mean()), float(vals.std())
+                    entry["fit_seconds"] = float(np.mean([r["fit_seconds"] for r in by_seed.values()]))
+                    pf[fold] = entry
+                if not pf:
+                    continue
+                per_fold.setdefault(dataset, {}).setdefault(budget, {})[method] = pf
+                overall.setdefault(dataset, {}).setdefault(budget, {})[method] = _fold_mean(rows, folds)
+                low = LOW_DUPLICATE_FOLDS.get(dataset)
+                if low:
+                    overall[dataset][budget][method]["low_duplicate"] = _fold_mean(rows, [f for f in folds if f in low])
+    return {"per_fold": per_fold, "overall": overall}
+
+
+def _fold_mean(rows: dict, folds: list[str]) -> dict:
+    """Mean over folds of per-fold seed means; std over seeds of the fold-averaged metric."""
+    have = [f for f in folds if rows.get(f)]
+    out: dict = {"folds": len(have), "of_folds": len(folds), "complete": len(have) == len(folds) and bool(folds)}
+    if not have:
+        return out
+    for k in METRICS:
+        out[k] = float(np.mean([np.mean([r[k] for r in rows[f].values()]) for f in have]))
+        common = set.intersection(*(set(rows[f]) for f in have))
+        per_seed = [np.mean([rows[f][s][k] for f in have]) for s in sorted(common)]
+        out[f"{k}_std"] = float(np.std(per_seed)) if per_seed else float("nan")
+    out["fit_seconds_per_cell"] = float(np.mean([r["fit_seconds"] for f in have for r in rows[f].values()]))
+    return out
+
+
+def summary_of(agg: dict) -> dict:
+    return {
+        d: {b: {m: {"auroc": v["auroc"], "aupr": v["aupr"]} for m, v in by_m.items() if "auroc" in v} for b, by_m in by_b.items()}
+        for d, by_b in agg["overall"].items()
+    }
+
+
+def _pm(entry: dict, key: str) -> str:
+    return f"{entry[key]:.3f} ± {entry[key + '_std']:.3f}" if key in entry else "-"
+
+
+def markdown_report(agg: dict, args, seconds: float, command: str) -> str:
+    seeds = list(range(args.seeds))
+    lines = [
+        "# Quality benchmark: leave-one-family-out (METHOD.md section 7)",
+        "",
+        f"Scaler: **{args.scaler}** (fitted on training normal rows only). Seeds {seeds}; budgets "
+        f"{args.budgets} labelled rows per meta family; no validation family. Anomaly = positive class. "
+        f"{'**QUICK smoke configuration: not a result.** ' if args.quick else ''}"
+        + (f"Extra overrides: `{' '.join(args.set)}`. " if args.set else "")
+        + f"Mean ± std: per fold over seeds; overall = mean over folds of the per-fold means, ± the std over "
+        f"seeds of the fold-averaged value. Runtime of this invocation {seconds / 60:.1f} min "
+        f"(cells loaded from the cache cost nothing); fit s/cell = mean training time of one "
+        f"(dataset, fold, seed, budget) cell. Machine: {platform.machine()}, {os.cpu_count()} CPUs, commit {git_commit()}.",
+        "",
+        f"Command: `{command}`",
+    ]
+    for dataset, by_budget in agg["overall"].items():
+        for budget, by_method in by_budget.items():
+            lines += ["", f"## {dataset}, budget {budget}", ""]
+            low = LOW_DUPLICATE_FOLDS.get(dataset)
+            head = "| method | AUROC | AUPR | FPR@95 |" + (" AUROC (low-dup folds) | AUPR (low-dup) |" if low else "") + " fit s/cell | folds |"
+            lines += [head, "|" + "---|" * (head.count("|") - 1)]
+            for method, e in by_method.items():
+                row = f"| {method} | {_pm(e, 'auroc')} | {_pm(e, 'aupr')} | {_pm(e, 'fpr95')} |"
+                if low:
+                    ld = e.get("low_duplicate", {})
+                    row += f" {_pm(ld, 'auroc')} | {_pm(ld, 'aupr')} |"
+                row += f" {e.get('fit_seconds_per_cell', float('nan')):.1f} | {e['folds']}/{e['of_folds']} |"
+                lines.append(row)
+            per_fold = agg["per_fold"][dataset][budget]
+            folds = list(dict.fromkeys(f for pf in per_fold.values() for f in pf))
+            for key, label in (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR@95")):
+                lines += ["", f"Per fold {label} (mean ± std over seeds):", ""]
+                lines += ["| method | " + " | ".join(folds) + " |", "|" + "---|" * (len(folds) + 1)]
+                for method, pf in per_fold.items():
+                    lines.append(f"| {method} | " + " | ".join(_pm(pf[f], key) if f in pf else "-" for f in folds) + " |")
+            if low:
+                lines += ["", f"Low-duplicate folds ({', '.join(low)}): under 10% of their rows also occur under another label."]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(agg: dict, log=print) -> None:
+    for dataset, by_budget in agg["overall"].items():
+        for budget, by_method in by_budget.items():
+            log(f"\n{dataset}, budget {budget} (mean over folds)")
+            log(f"{'method':<18} {'AUROC':>15} {'AUPR':>15} {'FPR@95':>15} {'folds':>6}")
+            for method, e in by_method.items():
+                log(f"{method:<18} {_pm(e, 'auroc'):>15} {_pm(e, 'aupr'):>15} {_pm(e, 'fpr95'):>15} {e['folds']:>3}/{e['of_folds']}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        check_args(args)
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        start = time.perf_counter()
+        records, folds = run_grid(args)
+        seconds = time.perf_counter() - start
+        methods = [m for m in ALL_METHODS if m in args.methods]
+        agg = aggregate(records, folds, methods, args.budgets)
+        command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "benchmark": "quality (leave-one-family-out)",
+            "scaler": args.scaler,
+            "seeds": list(range(args.seeds)),
+            "budgets": args.budgets,
+            "quick": args.quick,
+            "overrides": list(args.set),
+            "seconds": seconds,
+            "commit": git_commit(),
+            "command": command,
+            "summary": summary_of(agg),
+            "overall": agg["overall"],
+            "per_fold": agg["per_fold"],
+        }
+        (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "quality.md").write_text(markdown_report(agg, args, seconds, command))
+        print_table(agg)
+        print(f"\nwrote {out / 'quality.md'} and {out / 'quality.json'} ({seconds / 60:.1f} min)")
+        return 0
+    except UserError as exc:
+        print(f"quality: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
