@@ -39,7 +39,7 @@ class SourceConfig:
     npz_features_key: str = "x"  # NPZ inputs: (n, d) feature array
     npz_family_key: str = "y"  # NPZ inputs: (n,) family labels
     csv_block_size: int = 8 << 20  # bytes per streamed CSV block
-    compression: str = "zstd"  # Parquet codec of the shards: zstd | snappy | gzip | lz4 | none
+    compression: str = "snappy"  # Parquet codec of the shards: snappy | zstd | gzip | lz4 | none
     overwrite: bool = False  # replace an existing prepared dataset at the destination
 
 

@@ -83,7 +83,8 @@ class S3Bucket:
     def keys(self, prefix: str = "") -> list[str]:
         client = self.server.client()
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+        # Objects only: pyarrow leaves empty "folder/" marker objects after moves and deletes.
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/"))
 
 
 @pytest.fixture

@@ -503,19 +503,23 @@ def _write_dataset(data, dest, encoder, families, batches, has_split, keep_raw_l
             name_index = {name: i for i, name in enumerate(unique_names)}
             family_of_label = np.asarray([name_index[name] for name in names], dtype=np.int64)
             family_codes = family_of_label[codes]
+            seen = np.bincount(family_codes, minlength=len(unique_names))
+            kept_rows = np.flatnonzero(finite)
+            kept_codes = family_codes[kept_rows]
+            kept = np.bincount(kept_codes, minlength=len(unique_names))
+            # One gather per batch puts each family's rows together; the per-family parts are slices.
+            grouped = table.take(pa.array(kept_rows[np.argsort(kept_codes, kind="stable")]))
+            bounds = np.concatenate([[0], np.cumsum(kept)])
             for i, family in enumerate(unique_names):
-                in_family = family_codes == i
-                keep = in_family & finite
                 entry = counts.setdefault(family, {"seen": 0, "rows": 0, "train_rows": 0, "test_rows": 0, "dropped_nonfinite": 0})
-                entry["seen"] += int(in_family.sum())
-                kept = int(keep.sum())
-                entry["rows"] += kept
-                entry[f"{raw.split}_rows"] += kept
-                entry["dropped_nonfinite"] += int(in_family.sum()) - kept
-                if kept:
-                    writer.append(family, table.take(pa.array(np.flatnonzero(keep))))
+                entry["seen"] += int(seen[i])
+                entry["rows"] += int(kept[i])
+                entry[f"{raw.split}_rows"] += int(kept[i])
+                entry["dropped_nonfinite"] += int(seen[i] - kept[i])
+                if kept[i]:
+                    writer.append(family, grouped.slice(int(bounds[i]), int(kept[i])))
                     if family in normal and raw.split == "train":
-                        stats.update(columns, keep)
+                        stats.update(columns, finite & (family_codes == i))
         if not counts:
             raise DataError(f"dataset '{data.name}': the inputs hold no data rows")
         for family, entry in sorted(counts.items()):

@@ -70,7 +70,8 @@ class Location:
         """Write to a temporary sibling, then move it over the final key."""
         final = self.path(*parts)
         with storage_errors(self.uri_of(*parts)):
-            self.fs.create_dir(posixpath.dirname(final), recursive=True)
+            if not self.is_s3:  # S3 has no folders to create
+                self.fs.create_dir(posixpath.dirname(final), recursive=True)
             tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
             with self.fs.open_output_stream(tmp) as f:
                 f.write(data)
