@@ -19,6 +19,8 @@ from metaad_dist.data.storage import open_location, storage_errors
 from metaad_dist.data.table import FamilyTable
 from metaad_dist.errors import DataError
 
+CONVERT_ROWS = 4096  # rows per block when turning Arrow columns into the row-major feature matrix
+
 
 class PreparedSource:
     def __init__(self, path: str, storage: Optional[StorageConfig] = None):
@@ -66,31 +68,19 @@ class PreparedSource:
     def _columns(self) -> list[str]:
         return [ROW_ID] + ([SPLIT] if self.has_split else []) + self.feature_names
 
-    def read_family(self, family: str) -> FamilyTable:
+    def _read_table(self, family: str) -> pa.Table:
         dataset = self._dataset(family)
         with storage_errors(self.uri):
             table = dataset.to_table(columns=self._columns())
         self.rows_read[family] += table.num_rows
-        return self._to_family_table(table, family)
+        return table
+
+    def read_family(self, family: str) -> FamilyTable:
+        return self._to_family_table([(family, self._read_table(family))])
 
     def read(self, families: Sequence[str]) -> FamilyTable:
         """Rows of these families only: float32 features in manifest order, row ids, split."""
-        parts = [self.read_family(str(f)) for f in dict.fromkeys(families)]
-        if not parts:
-            return FamilyTable(
-                features=np.zeros((0, len(self.feature_names)), dtype=np.float32),
-                families=np.zeros(0, dtype=str),
-                row_ids=np.zeros(0, dtype=np.int64),
-                feature_names=list(self.feature_names),
-                split=np.zeros(0, dtype=str) if self.has_split else None,
-            )
-        return FamilyTable(
-            features=np.concatenate([p.features for p in parts]),
-            families=np.concatenate([p.families for p in parts]),
-            row_ids=np.concatenate([p.row_ids for p in parts]),
-            feature_names=list(self.feature_names),
-            split=np.concatenate([p.split for p in parts]) if self.has_split else None,
-        )
+        return self._to_family_table([(str(f), self._read_table(str(f))) for f in dict.fromkeys(families)])
 
     def iter_batches(self, family: str, batch_rows: Optional[int] = None) -> Iterator[FamilyTable]:
         """Stream one family in batches (row groups by default) without holding it whole."""
@@ -100,27 +90,42 @@ class PreparedSource:
             for batch in dataset.to_batches(columns=self._columns(), **kwargs):
                 if batch.num_rows:
                     self.rows_read[family] += batch.num_rows
-                    yield self._to_family_table(pa.Table.from_batches([batch]), family)
+                    yield self._to_family_table([(family, pa.Table.from_batches([batch]))])
 
-    def _to_family_table(self, table: pa.Table, family: str) -> FamilyTable:
-        n = table.num_rows
+    def _to_family_table(self, parts: list[tuple[str, pa.Table]]) -> FamilyTable:
+        """Arrow tables of whole families -> one FamilyTable, rows of each family ordered by row id."""
+        n = sum(t.num_rows for _, t in parts)
         d = len(self.feature_names)
         features = np.empty((n, d), dtype=np.float32)
-        for j, name in enumerate(self.feature_names):
-            features[:, j] = table.column(name).to_numpy()
-        row_ids = table.column(ROW_ID).to_numpy().astype(np.int64, copy=False)
-        order = np.argsort(row_ids, kind="stable")
-        if not np.array_equal(order, np.arange(n)):
-            features, row_ids = features[order], row_ids[order]
-        split = None
-        if self.has_split:
-            split = np.asarray(table.column(SPLIT).to_numpy(zero_copy_only=False)).astype(str)
-            if not np.array_equal(order, np.arange(n)):
-                split = split[order]
+        row_ids = np.empty(n, dtype=np.int64)
+        families = np.empty(n, dtype=object)
+        split = np.empty(n, dtype=object) if self.has_split else None
+        start = 0
+        for family, table in parts:
+            m = table.num_rows
+            families[start:start + m] = family
+            row_ids[start:start + m] = table.column(ROW_ID).to_numpy()
+            if split is not None:
+                split[start:start + m] = table.column(SPLIT).to_numpy(zero_copy_only=False)
+            # Copy in cache-sized row blocks: column by column into a row-major matrix is slower.
+            at = start
+            for batch in table.select(self.feature_names).to_batches(max_chunksize=CONVERT_ROWS):
+                k = batch.num_rows
+                if k:
+                    features[at:at + k] = np.stack([c.to_numpy() for c in batch.columns], axis=1) if d else 0
+                    at += k
+            ids = row_ids[start:start + m]
+            if m > 1 and not (ids[1:] > ids[:-1]).all():  # shards hold rows in source order; be safe
+                order = start + np.argsort(ids, kind="stable")
+                features[start:start + m] = features[order]
+                row_ids[start:start + m] = row_ids[order]
+                if split is not None:
+                    split[start:start + m] = split[order]
+            start += m
         return FamilyTable(
             features=features,
-            families=np.full(n, family, dtype=object).astype(str),
+            families=families.astype(str) if n else np.zeros(0, dtype=str),
             row_ids=row_ids,
             feature_names=list(self.feature_names),
-            split=split,
+            split=(split.astype(str) if n else np.zeros(0, dtype=str)) if split is not None else None,
         )
