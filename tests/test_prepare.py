@@ -130,6 +130,23 @@ def test_nsl_kdd_local_and_s3(compose, datasets_env, s3, tmp_path):
     assert int((service == 0).sum()) == local["unseen_categories"].get("service", 0) > 0
 
 
+def test_encoder_from_manifest_reencodes_raw_rows(compose, datasets_env, tmp_path):
+    """What scoring needs: a raw table encoded exactly as prepare encoded it."""
+    import pyarrow.csv as pacsv
+
+    from metaad_dist.data.encoding import FeatureEncoder
+
+    cfg = compose("data=nsl_kdd")
+    manifest = prepare_dataset(cfg.data, str(tmp_path / "nsl"), StorageConfig())
+    raw = pacsv.read_csv(cfg.data.source.test_files[0],
+                         read_options=pacsv.ReadOptions(column_names=list(cfg.data.source.column_names)))
+    x = FeatureEncoder.from_manifest(manifest).encode_matrix(raw)
+    table = _read_all(PreparedSource(str(tmp_path / "nsl")))
+    test = table.select(table.split == "test")
+    order = np.argsort(test.row_ids)
+    np.testing.assert_array_equal(x, test.features[order])
+
+
 def test_training_reads_only_trainable_families_from_s3(compose, datasets_env, s3):
     from metaad_dist.data.roles import FamilyRoles
     from metaad_dist.data.views import build_training_view
@@ -269,6 +286,20 @@ def test_only_requested_partitions_are_opened(tmp_path):
     assert sum(len(b) for b in batches) == 150 and max(len(b) for b in batches) <= 50
     with pytest.raises(UserError):
         source.read(["beta"])
+
+
+def test_family_names_that_need_quoting_on_s3(s3, tmp_path):
+    counts = {"normal": 200, "Web Attack - XSS": 40, "a/b%c": 30}
+    data = synth_data([write_csv(tmp_path / "t.csv", synth_rows(counts))])
+    data.meta, data.held_out = ["Web Attack - XSS"], ["a/b%c"]
+    manifest = prepare_dataset(data, s3.uri("quoted"), s3.storage())
+    assert {s["path"].split("/")[0] for s in manifest["shards"]} == {
+        "family=normal", "family=Web%20Attack%20-%20XSS", "family=a%2Fb%25c"}
+    source = PreparedSource(s3.uri("quoted"), s3.storage())
+    assert source.family_names() == sorted(counts)
+    for family, n in counts.items():
+        table = source.read([family])
+        assert len(table) == n and set(table.families) == {family}
 
 
 def test_overwrite_is_refused_then_atomic(tmp_path):

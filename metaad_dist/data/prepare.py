@@ -48,7 +48,7 @@ from metaad_dist.data.readers import (
     load_label_map,
     raw_file,
 )
-from metaad_dist.data.storage import Location, open_location
+from metaad_dist.data.storage import Location, abort_stale_uploads, open_location
 from metaad_dist.errors import ConfigError, DataError
 
 NONFINITE_POLICIES = ("drop", "fail")
@@ -151,7 +151,10 @@ class ShardSetWriter:
                         closing.close()
                 except Exception:  # the root is deleted next; a broken stream must not stop that
                     pass
-        self.root.delete()
+        try:
+            self.root.delete()
+        except Exception:  # keep the error that made us abort; the next prepare removes leftovers
+            pass
 
     def _drain(self, state: _FamilyShards, final: bool) -> None:
         while state.pending_rows >= self.row_group_size or (final and state.pending_rows > 0):
@@ -608,10 +611,15 @@ def _manifest(data, encoder, counts, shards, shard_root, has_split, keep_raw_lab
 
 
 def _remove_stale(dest: Location, keep: str) -> None:
-    """Shard prefixes no manifest names (killed or replaced prepares) and stray temporary manifests."""
+    """Shard prefixes no manifest names (killed or replaced prepares) and stray temporary manifests.
+
+    On S3 also aborts the unfinished multipart uploads a killed prepare left under them.
+    """
     for name in dest.list_children():
         if (name.startswith(SHARD_PREFIX) and name != keep) or name.startswith(MANIFEST_NAME + ".tmp-"):
             dest.delete(name)
+    if dest.is_s3:
+        abort_stale_uploads(dest, keep)
 
 
 def prepare_command(cfg) -> None:

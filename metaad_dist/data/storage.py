@@ -255,6 +255,29 @@ def check_bucket(storage: StorageConfig, bucket: str, prefix: str = "", create: 
         _checked.add(key)
 
 
+def abort_stale_uploads(location: Location, keep: str) -> int:
+    """Abort unfinished multipart uploads under `location`/shards-* except `keep` (best effort).
+
+    A killed writer leaves them behind; S3 keeps (and bills) their parts until aborted.
+    """
+    import botocore.exceptions as bex
+
+    bucket, prefix = split_s3_uri(location.uri)
+    base = f"{prefix}/" if prefix else ""
+    aborted = 0
+    try:
+        client = s3_client(location.storage or StorageConfig())
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=base + "shards-")
+        for page in pages:
+            for upload in page.get("Uploads", []) or []:
+                if not upload["Key"].startswith(f"{base}{keep}/"):
+                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+    except (bex.BotoCoreError, bex.ClientError):
+        pass  # listing uploads may not be allowed; lifecycle rules can clean them instead
+    return aborted
+
+
 def _credential_fingerprint() -> str:
     """A digest of the credential settings in the environment, so a cached check is redone when they change."""
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE")
