@@ -15,6 +15,7 @@ any, the train files are scanned once beforehand for those columns alone.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -54,6 +55,7 @@ from metaad_dist.errors import ConfigError, DataError
 NONFINITE_POLICIES = ("drop", "fail")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 SPLITS = ("train", "test")
+SINK_BUFFER_BYTES = 8 << 20  # C++-side buffer in front of the hashing sink of each open shard
 
 
 # --------------------------------------------------------------------------- shard writing
@@ -109,6 +111,7 @@ class _FamilyShards:
         self.part = 0
         self.writer: Optional[pq.ParquetWriter] = None
         self.sink: Optional[_HashingSink] = None
+        self.buffer: Optional[pa.BufferedOutputStream] = None
         self.path = ""
         self.rows_in_shard = 0
         self.row_groups = 0
@@ -145,7 +148,7 @@ class ShardSetWriter:
     def abort(self) -> None:
         """Close what is open (errors ignored) and delete everything under the root."""
         for state in self.families.values():
-            for closing in (state.writer, state.sink):
+            for closing in (state.writer, state.buffer, state.sink):
                 try:
                     if closing is not None:
                         closing.close()
@@ -174,8 +177,10 @@ class ShardSetWriter:
     def _open_shard(self, state: _FamilyShards) -> None:
         state.path = f"{state.directory}/part-{state.part:05d}.parquet"
         state.sink = _HashingSink(self.root.open_output_stream(state.path))
+        # Buffer in C++ so the Python-level hashing sink sees few large writes, not one per page.
+        state.buffer = pa.BufferedOutputStream(pa.PythonFile(state.sink, mode="w"), buffer_size=SINK_BUFFER_BYTES)
         state.writer = pq.ParquetWriter(
-            state.sink,
+            state.buffer,
             self.schema,
             compression=self.compression,
             use_dictionary=self.dictionary_columns,
@@ -185,6 +190,7 @@ class ShardSetWriter:
 
     def _close_shard(self, state: _FamilyShards) -> None:
         state.writer.close()
+        state.buffer.close()  # flushes into the sink
         state.sink.close()
         self.shards.append(
             {
@@ -196,7 +202,7 @@ class ShardSetWriter:
                 "sha256": state.sink.sha256,
             }
         )
-        state.writer = state.sink = None
+        state.writer = state.buffer = state.sink = None
         state.part += 1
 
 
@@ -406,11 +412,12 @@ def prepare_dataset(data: DataConfig, output: str, storage: StorageConfig) -> di
 
     source_info = {
         "files": [
-            dict(zip(("sha256", "bytes"), file_digest(raw.uri, storage)), uri=raw.uri, split=raw.split, kind=raw.kind)
+            dict(zip(("sha256", "bytes"), file_digest(raw.uri, storage)), uri=_full(raw.uri), split=raw.split,
+                 kind=raw.kind)
             for raw in inputs
         ],
         "label_map": (
-            dict(zip(("sha256", "bytes"), file_digest(label_map_uri, storage)), uri=label_map_uri)
+            dict(zip(("sha256", "bytes"), file_digest(label_map_uri, storage)), uri=_full(label_map_uri))
             if label_map_uri else None
         ),
         "family_column": src.family_column,
@@ -420,6 +427,10 @@ def prepare_dataset(data: DataConfig, output: str, storage: StorageConfig) -> di
         "label_strip_suffix": src.label_strip_suffix,
     }
     return _write_dataset(data, dest, encoder, families, batches(), bool(src.test_files), label_map is not None, source_info)
+
+
+def _full(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def _prepare_builtin(data: DataConfig, output: str, storage: StorageConfig) -> dict[str, Any]:
