@@ -401,16 +401,19 @@ def test_family_empty_after_filtering(tmp_path, opened_shards):
     assert local_files(tmp_path / "out") == []
 
 
-def test_ragged_rows(tmp_path, opened_shards):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_ragged_rows(where, s3, tmp_path, opened_shards):
     path = write_csv(tmp_path / "t.csv", synth_rows(COUNTS))
+    lines = len(path.read_text().splitlines())
     path.write_text(path.read_text() + "999,1.0,2.0,a\n")
     data = synth_data([path], categorical_columns=[], drop_columns=["id", "cat"])  # no category scan: fail mid-write
+    dest, storage = (str(tmp_path / "out"), StorageConfig()) if where == "local" else (s3.uri("out"), s3.storage())
     with pytest.raises(DataError) as exc:
-        prepare_dataset(data, str(tmp_path / "out"), StorageConfig())
+        prepare_dataset(data, dest, storage)
     message = one_line(exc)
-    assert "ragged row" in message and "expected 5 fields, got 4" in message and "t.csv" in message
+    assert f"ragged row at line {lines + 1}: expected 5 fields, got 4" in message and "t.csv" in message
     assert opened_shards
-    assert local_files(tmp_path / "out") == []
+    assert local_files(tmp_path / "out") == [] and s3.keys() == []
 
 
 def test_text_in_numeric_column(tmp_path):
