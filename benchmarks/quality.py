@@ -166,9 +166,10 @@ def dataset_fingerprint(dataset: str, data_root: str) -> str:
     if dataset in BUILTIN_DATASETS:
         return dataset
     manifest = json.loads((Path(data_root) / dataset / "manifest.json").read_text())
-    # Content only: a re-run of prepare on the same raw files keeps the fingerprint.
-    content = {k: manifest.get(k) for k in ("features", "categorical_encoding", "categories", "families", "rows")}
-    content["shards"] = sorted(str(s.get("sha256", s)) for s in manifest.get("shards", []))
+    # What the rows are (features, categories, families, counts, normal-row statistics), not how the
+    # shards happen to be laid out: re-preparing the same raw files keeps the fingerprint.
+    keys = ("features", "categorical_encoding", "categories", "families", "rows", "normalization")
+    content = {k: manifest.get(k) for k in keys}
     return f"{dataset}-{hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
