@@ -70,9 +70,12 @@ class ModelConfig:
     hidden_dims: list[int] = field(default_factory=lambda: [128, 64])
     embed_dim: int = 32
     dropout: float = 0.0
-    use_decoder: bool = False
+    use_decoder: bool = True
+    # prototype: distance logits + background logit (distance-aware) | linear: plain linear head
+    head: str = "prototype"
+    background_init: float = -2.0
     # K for a single normal family: k-means pseudo-classes of the training normal rows.
-    pseudo_classes: int = 8
+    pseudo_classes: int = 16
     temperature_init: float = 1.0
     temperature_min: float = 0.3
     temperature_max: float = 1.05
@@ -92,11 +95,11 @@ class OptimizerConfig:
 class MetaConfig:
     """Episodes and the first-order bi-level update (METHOD.md sections 4-5)."""
 
-    episodes: int = 300
+    episodes: int = 600
     inner_steps: int = 1
     outer_steps: int = 1
-    n_support: int = 128
-    n_query: int = 128
+    n_support: int = 256
+    n_query: int = 256
     k_shot: int = 5
     budget: int = 10  # labelled rows per meta family, drawn once per seed
     normal_per_episode: int = 0  # 0: all normal families in every episode
@@ -104,17 +107,17 @@ class MetaConfig:
     # Inner objective: confidence BCE + class cross-entropy + reconstruction.
     inner_bce_weight: float = 1.0
     class_ce_weight: float = 1.0
-    lambda_rec: float = 0.0
+    lambda_rec: float = 1.0
     inner_updates_head: bool = True
     # Outer objective: BCE(S(query),1) + BCE(S(shots),0) + margin + temperature prior.
     margin: float = 0.5
     lambda_m: float = 0.1
     lambda_t: float = 0.01
     # Keeps the calibrated head a good normal-family classifier (cross-entropy on query rows).
-    outer_class_ce_weight: float = 1.0
+    outer_class_ce_weight: float = 0.0
     inner_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     outer_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-4, weight_decay=0.0)
+        default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.0)
     )
     warmup_episodes: int = 0  # inner loop only for the first episodes
 
@@ -123,6 +126,9 @@ class MetaConfig:
 class TrainerConfig:
     name: str = "local"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # CPU threads for torch ops; small MLPs run fastest on one (more threads oversubscribe
+    # the cores, e.g. beside Ray workers). 0 keeps torch's default.
+    torch_threads: int = 1
     log_every: int = 50
     validate_every: int = 100
     num_workers: int = 1

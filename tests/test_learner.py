@@ -31,10 +31,10 @@ def test_outer_loss_puts_no_gradient_on_encoder():
     assert model.temperature.raw.grad is not None
     # and a full outer step leaves the encoder untouched while moving the head
     before = [p.detach().clone() for p in model.encoder.parameters()]
-    head_before = model.head.weight.detach().clone()
+    head_before = model.head.prototypes.detach().clone()
     learner.outer_step(torch.as_tensor(ep.query_x), torch.as_tensor(ep.query_y), torch.as_tensor(ep.shots_x))
     assert all(torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
-    assert not torch.equal(head_before, model.head.weight)
+    assert not torch.equal(head_before, model.head.prototypes)
 
 
 def test_inner_step_keeps_head_fixed_when_configured():
@@ -42,10 +42,10 @@ def test_inner_step_keeps_head_fixed_when_configured():
     cfg.inner_updates_head = False
     model = MetaADModel(6, 2, hidden_dims=[16], embed_dim=8)
     learner = MetaLearner(model, cfg, torch.device("cpu"))
-    head, temp = model.head.weight.detach().clone(), model.temperature.raw.detach().clone()
+    head, temp = model.head.prototypes.detach().clone(), model.temperature.raw.detach().clone()
     enc = model.encoder[0].weight.detach().clone()
     learner.inner_step(torch.as_tensor(ep.support_x), torch.as_tensor(ep.support_y))
-    assert torch.equal(head, model.head.weight) and torch.equal(temp, model.temperature.raw)
+    assert torch.equal(head, model.head.prototypes) and torch.equal(temp, model.temperature.raw)
     assert not torch.equal(enc, model.encoder[0].weight)
 
 

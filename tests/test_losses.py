@@ -31,7 +31,7 @@ def test_temperature_is_bounded_and_starts_at_init():
 
 
 def _model_with_uniform_head(in_dim=4, k=2):
-    model = MetaADModel(in_dim, k, hidden_dims=[8], embed_dim=4)
+    model = MetaADModel(in_dim, k, hidden_dims=[8], embed_dim=4, head="linear")
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()
@@ -54,3 +54,15 @@ def test_outer_loss_known_value_for_uniform_head():
     # BCE(0.5, 1) + BCE(0.5, 0) + 0.1 * relu(0.5 - 0)
     assert math.isclose(loss.item(), 2 * math.log(2) + 0.05, rel_tol=1e-5)
     assert math.isclose(metrics["confidence_margin"].item(), 0.0, abs_tol=1e-6)
+
+
+def test_prototype_head_is_distance_aware():
+    """Far from every prototype the background logit wins, so confidence drops towards 0."""
+    model = MetaADModel(3, 2, hidden_dims=[8], embed_dim=2, head="prototype", background_init=-2.0)
+    with torch.no_grad():
+        model.head.prototypes.copy_(torch.tensor([[0.0, 0.0], [3.0, 0.0]]))
+    near = model.confidence_from_logits(model.logits(torch.tensor([[0.0, 0.0]])))
+    far = model.confidence_from_logits(model.logits(torch.tensor([[50.0, 50.0]])))
+    # at a prototype: softmax over [0, -9, -2] -> 1 / (1 + e^-9 + e^-2)
+    assert math.isclose(near.item(), 1 / (1 + math.exp(-9) + math.exp(-2)), rel_tol=1e-5)
+    assert far.item() < 1e-6

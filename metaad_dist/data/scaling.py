@@ -35,7 +35,7 @@ class FeatureScaler:
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        if self._impl is None:
+        if self._impl is None or len(x) == 0:
             return np.asarray(x, dtype=np.float32)
         out = self._impl.transform(x)
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)

@@ -39,7 +39,7 @@ class MetaLearner:
         self.grad_sync = grad_sync
         self.inner_params = model.inner_parameters()
         if cfg.inner_updates_head:
-            self.inner_params += list(model.head.parameters())
+            self.inner_params += model.class_parameters()
         self.outer_params = model.outer_parameters()
         self.inner_opt = make_optimizer(self.inner_params, cfg.inner_optimizer, "meta.inner_optimizer")
         self.outer_opt = make_optimizer(self.outer_params, cfg.outer_optimizer, "meta.outer_optimizer")

@@ -32,7 +32,7 @@ def inner_loss(model: MetaADModel, x: torch.Tensor, y: torch.Tensor, cfg: MetaCo
     """
     z = model.encoder(x)
     logits = model.logits(z)
-    conf = torch.softmax(logits, dim=1).max(dim=1).values
+    conf = model.confidence_from_logits(logits)
     bce = confidence_bce(conf, 1.0)
     ce = F.cross_entropy(logits, y)
     loss = cfg.inner_bce_weight * bce + cfg.class_ce_weight * ce
@@ -55,8 +55,8 @@ def outer_loss(
     Features come in detached (first-order: no gradient reaches the encoder).
     """
     logits_q = model.logits(z_query)
-    s_q = torch.softmax(logits_q, dim=1).max(dim=1).values
-    s_s = torch.softmax(model.logits(z_shots), dim=1).max(dim=1).values
+    s_q = model.confidence_from_logits(logits_q)
+    s_s = model.confidence_from_logits(model.logits(z_shots))
     log_t = model.temperature.log_t()
     loss = (
         confidence_bce(s_q, 1.0)

@@ -44,6 +44,27 @@ class BoundedTemperature(nn.Module):
         return self.log_t().exp()
 
 
+class PrototypeHead(nn.Module):
+    """Distance-aware head: logits -||z - c_k||^2 for K prototypes plus a background logit.
+
+    The background logit b + w.z is a (K+1)-th softmax entry that no normal row is assigned
+    to; S(x) takes the max over the K normal entries only. Far from every prototype the
+    background wins, so 1 - S(x) grows with distance to the normal manifold (a plain linear
+    head extrapolates confidently instead), and the outer loop can tilt w towards what the
+    anomaly shots share.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, background_init: float):
+        super().__init__()
+        self.prototypes = nn.Parameter(torch.randn(num_classes, embed_dim))
+        self.background = nn.Linear(embed_dim, 1)
+        nn.init.zeros_(self.background.weight)
+        nn.init.constant_(self.background.bias, background_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-torch.cdist(z, self.prototypes).pow(2), self.background(z)], dim=1)
+
+
 class MetaADModel(nn.Module):
     """f (encoder), g (decoder, optional), h (head) and T; scores are 1 - max softmax or energy."""
 
@@ -58,12 +79,26 @@ class MetaADModel(nn.Module):
         temperature_init: float = 1.0,
         temperature_min: float = 0.3,
         temperature_max: float = 1.05,
+        head: str = "prototype",
+        background_init: float = -2.0,
     ):
         super().__init__()
-        self.encoder = mlp([in_dim, *hidden_dims, embed_dim], dropout, final_activation=True)
+        self.num_classes = num_classes
+        self.encoder = mlp([in_dim, *hidden_dims, embed_dim], dropout)
         self.decoder = mlp([embed_dim, *reversed(hidden_dims), in_dim]) if use_decoder else None
-        self.head = nn.Linear(embed_dim, num_classes)
+        if head == "prototype":
+            self.head = PrototypeHead(embed_dim, num_classes, background_init)
+        elif head == "linear":
+            self.head = nn.Linear(embed_dim, num_classes)
+        else:
+            raise ValueError(f"unknown head '{head}'; expected 'prototype' or 'linear'")
         self.temperature = BoundedTemperature(temperature_init, temperature_min, temperature_max)
+
+    def class_parameters(self) -> list[nn.Parameter]:
+        """The head's per-class parameters: what the inner loop may also fit on normal rows."""
+        if isinstance(self.head, PrototypeHead):
+            return [self.head.prototypes]
+        return list(self.head.parameters())
 
     def inner_parameters(self) -> list[nn.Parameter]:
         """theta (and psi): the representation shaped on normal rows."""
@@ -82,14 +117,18 @@ class MetaADModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.encoder(x))
 
+    def confidence_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """S = max over the K normal classes of the softmax (a background entry only dilutes it)."""
+        return torch.softmax(logits, dim=1)[:, : self.num_classes].max(dim=1).values
+
     def confidence(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self(x), dim=1).max(dim=1).values
+        return self.confidence_from_logits(self(x))
 
     @torch.no_grad()
     def anomaly_score(self, x: torch.Tensor, kind: str = "msp") -> torch.Tensor:
         logits = self(x)
         if kind == "msp":
-            return 1.0 - torch.softmax(logits, dim=1).max(dim=1).values
+            return 1.0 - self.confidence_from_logits(logits)
         if kind == "energy":
-            return -self.temperature() * torch.logsumexp(logits, dim=1)
+            return -self.temperature() * torch.logsumexp(logits[:, : self.num_classes], dim=1)
         raise ValueError(f"unknown score '{kind}'; expected 'msp' or 'energy'")

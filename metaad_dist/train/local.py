@@ -12,7 +12,7 @@ from metaad_dist.config import Config
 from metaad_dist.eval.metrics import detection_metrics
 from metaad_dist.meta.learner import MetaLearner
 from metaad_dist.train.artifacts import TrainedModel
-from metaad_dist.train.setup import TrainingSetup, prepare_training, resolve_device
+from metaad_dist.train.setup import TrainingSetup, configure_torch, prepare_training
 
 
 @dataclass
@@ -46,7 +46,7 @@ def train_local(
 ) -> TrainResult:
     """Train in this process. `outer=False` is the inner-loop-only ablation (one-class MSP)."""
     setup = setup or prepare_training(cfg)
-    device = resolve_device(cfg.trainer.device)
+    device = configure_torch(cfg.trainer)
     learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device)
     history: list[dict] = []
     start = time.perf_counter()

@@ -17,6 +17,13 @@ from metaad_dist.meta.labels import ClassLabeler
 from metaad_dist.model.networks import MetaADModel
 
 
+def configure_torch(trainer) -> torch.device:
+    """Apply trainer settings to this process and return the device to train on."""
+    if trainer.torch_threads > 0:
+        torch.set_num_threads(trainer.torch_threads)
+    return resolve_device(trainer.device)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,6 +47,8 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int) -> dict:
         "temperature_init": cfg.temperature_init,
         "temperature_min": cfg.temperature_min,
         "temperature_max": cfg.temperature_max,
+        "head": cfg.head,
+        "background_init": cfg.background_init,
     }
 
 
