@@ -97,3 +97,29 @@ def s3(s3_server, monkeypatch) -> S3Bucket:
     bucket = f"metaad-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket)
     return S3Bucket(s3_server, bucket)
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray instance on 127.0.0.1 shared by every test that needs Ray (2 CPUs)."""
+    import ray
+
+    os.environ.update({
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    })
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
