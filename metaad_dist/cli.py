@@ -37,6 +37,12 @@ def _cmd_train(cfg) -> None:
     train_command(cfg)
 
 
+def _cmd_tune(cfg) -> None:
+    from metaad_dist.tune.sweep import tune_command
+
+    tune_command(cfg)
+
+
 def _cmd_evaluate(cfg) -> None:
     from metaad_dist.eval.evaluate import evaluate_command
 
@@ -52,6 +58,7 @@ def _cmd_score(cfg) -> None:
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "prepare": (_cmd_prepare, "raw tables -> Parquet shards + manifest.json (local folder or s3://)"),
     "train": (_cmd_train, "meta-train on a dataset's normal and meta families; saves the run"),
+    "tune": (_cmd_tune, "Ray Tune sweep (configs/tune/): best config per anomaly-shot budget"),
     "evaluate": (_cmd_evaluate, "score held-out families with a trained run and its baselines; prints a table"),
     "score": (_cmd_score, "score a new table (CSV or Parquet) with a trained run into Parquet"),
 }
@@ -67,7 +74,7 @@ def _config_groups() -> dict[str, list[str]]:
 
 
 def usage() -> str:
-    lines = [f"usage: {PROG} <command> [key=value ...] [--cfg]", "", "commands:"]
+    lines = [f"usage: {PROG} <command> [--config FILE] [key=value ...] [--cfg]", "", "commands:"]
     lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
     lines += ["", "config groups (choose with group=option, e.g. data=digits):"]
     lines += [f"  {group:<10} {', '.join(options)}" for group, options in _config_groups().items()]
@@ -76,6 +83,7 @@ def usage() -> str:
         "Any setting can be overridden, e.g.",
         f"  {PROG} train data=digits meta.inner_steps=5 seed=3",
         f"  {PROG} train --cfg     # print the resolved config and exit",
+        f"  {PROG} train --config sweep/best_budget_10.yaml   # a whole config file (e.g. exported by tune)",
     ]
     return "\n".join(lines)
 
@@ -99,7 +107,9 @@ def _one_line(exc: BaseException) -> str:
     return text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "").strip()
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], config_file: str | None = None):
+    """The config tree with overrides; with `config_file`, that file replaces the defaults and
+    the overrides (key=value only) apply on top of it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -109,11 +119,42 @@ def compose_config(overrides: list[str]):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=PROG):
-            return compose(config_name="config", overrides=overrides)
+            if config_file is None:
+                return compose(config_name="config", overrides=overrides)
+            return _apply_overrides(_merge_file(compose(config_name="config"), config_file), overrides)
     except UserError:
         raise
     except Exception as exc:  # Hydra/OmegaConf parse and composition errors are user mistakes
         raise UserError(_one_line(exc)) from None
+
+
+def _merge_file(cfg, config_file: str):
+    from omegaconf import OmegaConf
+
+    path = Path(config_file)
+    if not path.is_file():
+        raise UserError(f"--config {config_file}: no such file")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - YAML syntax errors of a user file
+        raise UserError(f"--config {config_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return OmegaConf.merge(cfg, loaded)  # struct schema: unknown keys are rejected
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"--config {config_file}: {_one_line(exc)}") from None
+
+
+def _apply_overrides(cfg, overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    groups = set(_config_groups())
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key in groups:
+            raise UserError(f"with --config, choose '{key}' inside the file; only key=value overrides apply on top")
+        OmegaConf.update(cfg, key, override.value(), merge=False)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             print(usage())
             return 0
         show = "--cfg" in overrides
-        cfg = compose_config([o for o in overrides if o != "--cfg"])
+        config_file = None
+        if "--config" in overrides:
+            i = overrides.index("--config")
+            if i + 1 >= len(overrides):
+                raise UserError("--config needs a file path")
+            config_file = overrides[i + 1]
+            overrides = overrides[:i] + overrides[i + 2:]
+        cfg = compose_config([o for o in overrides if o != "--cfg"], config_file)
         if show:
             from omegaconf import OmegaConf
 

@@ -7,7 +7,7 @@ OmegaConf's struct mode rejects unknown keys and ill-typed values before any wor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -175,6 +175,35 @@ class EvalConfig:
 
 
 @dataclass
+class SearchParam:
+    """One dimension of a sweep: a dotted config key and how to draw its value."""
+
+    path: str = MISSING  # e.g. meta.inner_optimizer.lr
+    kind: str = "choice"  # choice | loguniform | uniform | randint
+    choices: list[Any] = field(default_factory=list)  # choice
+    low: float = 0.0  # loguniform, uniform, randint (inclusive)
+    high: float = 0.0  # loguniform, uniform, randint (exclusive for randint)
+
+
+@dataclass
+class TuneConfig:
+    """Ray Tune sweeps (configs/tune/). Every budget gets `num_samples` trials, so the result
+    is a best config per anomaly-shot budget, not a single winner."""
+
+    name: str = "sweep"
+    budgets: list[int] = field(default_factory=lambda: [5, 10, 50])  # meta.budget, grid-searched
+    space: list[SearchParam] = field(default_factory=list)
+    num_samples: int = 4  # random draws of `space` per budget
+    max_concurrent_trials: int = 2
+    trainable: str = "local"  # local: one process per trial | ray: a Ray Train run per trial
+    cpus_per_trial: float = 1.0
+    scheduler: str = "asha"  # asha | fifo
+    grace_period: int = 1  # validation reports before ASHA may stop a trial
+    reduction_factor: int = 2
+    seed: int = 0  # of the search algorithm's draws
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,6 +211,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
     run: Optional[str] = None  # run name under storage.root; default <data.name>-seed<seed>
     output: Optional[str] = None  # prepare: destination folder; score: output file

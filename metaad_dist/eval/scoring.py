@@ -1,7 +1,9 @@
 """`metaad score run=<name> input=<table> output=<file.parquet>`: score new rows.
 
-The input (CSV or Parquet, local or s3://) must hold the model's feature columns by name;
-extra columns are carried through. Output: the input columns plus `anomaly_score` and
+The input (CSV or Parquet, local or s3://) holds either the raw source columns of the dataset
+the run was trained on (they are encoded exactly as `metaad prepare` did, from the encoder
+recorded in the run) or the model's encoded feature columns by name. Extra columns are
+carried through. Output: the input columns plus `anomaly_score` and
 `is_anomaly` (score above the validation-chosen threshold), written atomically.
 """
 from __future__ import annotations
@@ -39,15 +41,30 @@ def read_table(uri: str, storage) -> pa.Table:
     raise DataError(f"{uri}: unsupported table format; expected .csv, .csv.gz or .parquet")
 
 
-def score_table(table: pa.Table, trained, threshold: float, where: str) -> pa.Table:
+def feature_matrix(table: pa.Table, trained, encoder: dict | None, where: str) -> np.ndarray:
+    """Encoded features of `table`, from raw source columns or from encoded columns by name."""
+    if all(c in table.column_names for c in trained.feature_names):
+        columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in trained.feature_names}
+        return numeric_features(columns, trained.feature_names, where)
+    if encoder:
+        from metaad_dist.data.encoding import FeatureEncoder
+
+        enc = FeatureEncoder(encoder["columns"], encoder["categories"], encoder["encoding"])
+        if enc.feature_names != list(trained.feature_names):
+            raise DataError(f"{where}: the run's encoder does not produce the model's features; retrain the run")
+        try:
+            return enc.encode_matrix(table)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
     missing = [c for c in trained.feature_names if c not in table.column_names]
-    if missing:
-        raise DataError(
-            f"{where}: {len(missing)} of the model's {len(trained.feature_names)} feature columns are missing "
-            f"(first: {missing[:3]}); the table must match the run's manifest features"
-        )
-    columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in trained.feature_names}
-    x = numeric_features(columns, trained.feature_names, where)
+    raise DataError(
+        f"{where}: {len(missing)} of the model's {len(trained.feature_names)} feature columns are missing "
+        f"(first: {missing[:3]}); the table must match the run's manifest features"
+    )
+
+
+def score_table(table: pa.Table, trained, threshold: float, where: str, encoder: dict | None = None) -> pa.Table:
+    x = feature_matrix(table, trained, encoder, where)
     if not np.isfinite(x).all():
         raise DataError(f"{where}: NaN or infinite feature values; clean or drop those rows first")
     scores = trained.anomaly_scores(x)
@@ -60,7 +77,9 @@ def score_command(cfg) -> None:
     if not cfg.input or not cfg.output:
         raise ConfigError("metaad score needs input=<table.csv|table.parquet> and output=<file.parquet>")
     trained, payload = load_run(run_location(cfg))
-    scored = score_table(read_table(cfg.input, cfg.storage), trained, float(payload["threshold"]), cfg.input)
+    scored = score_table(
+        read_table(cfg.input, cfg.storage), trained, float(payload["threshold"]), cfg.input, payload.get("encoder")
+    )
     parent, name = posixpath.split(cfg.output.rstrip("/"))
     buf = pa.BufferOutputStream()
     pq.write_table(scored, buf)

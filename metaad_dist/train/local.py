@@ -43,8 +43,12 @@ def train_local(
     outer: bool = True,
     setup: Optional[TrainingSetup] = None,
     log: Callable[[str], None] = print,
+    on_validation: Optional[Callable[[dict], None]] = None,
 ) -> TrainResult:
-    """Train in this process. `outer=False` is the inner-loop-only ablation (one-class MSP)."""
+    """Train in this process. `outer=False` is the inner-loop-only ablation (one-class MSP).
+
+    `on_validation(metrics)` is called after each validation (Ray Tune reports from it).
+    """
     setup = setup or prepare_training(cfg)
     device = configure_torch(cfg.trainer)
     learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device)
@@ -58,6 +62,8 @@ def train_local(
             metrics["val_auroc"] = validation_auroc(learner.model, setup, cfg.model.score, device)
         metrics["episode"] = done
         history.append(metrics)
+        if on_validation is not None and "val_auroc" in metrics:
+            on_validation(metrics)
         if not cfg.quiet and (done % cfg.trainer.log_every == 0 or done == cfg.meta.episodes):
             rate = done / (time.perf_counter() - start)
             shown = " ".join(

@@ -9,7 +9,7 @@ import torch
 from metaad_dist.config import Config, ModelConfig
 from metaad_dist.data.roles import FamilyRoles
 from metaad_dist.data.scaling import FeatureScaler
-from metaad_dist.data.source import open_source
+from metaad_dist.data.source import DatasetSource, open_source
 from metaad_dist.data.views import TrainingView, build_training_view
 from metaad_dist.episodes.sampler import EpisodeSampler
 from metaad_dist.errors import ConfigError
@@ -54,6 +54,7 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int) -> dict:
 
 @dataclass
 class TrainingSetup:
+    source: DatasetSource  # exposes per-family read counters when it is a prepared dataset
     roles: FamilyRoles
     view: TrainingView  # raw features, as read
     scaler: FeatureScaler  # fitted on training normal rows only
@@ -61,6 +62,21 @@ class TrainingSetup:
     model_args: dict
     val_normal_x: np.ndarray  # scaled
     validation_x: dict[str, np.ndarray]  # scaled
+
+    def run_metadata(self) -> dict:
+        """What a saved run records about its data: roles, the budget pool, and the encoder."""
+        meta = {
+            "roles": {k: list(getattr(self.roles, k)) for k in ("normal", "meta", "validation", "held_out")},
+            "budget_row_ids": {f: torch.from_numpy(ids) for f, ids in self.view.budget_row_ids.items()},
+        }
+        manifest = getattr(self.source, "manifest", None)
+        if manifest is not None:
+            from metaad_dist.data.encoding import FeatureEncoder
+
+            encoder = FeatureEncoder.from_manifest(manifest)
+            meta["encoder"] = {"columns": encoder.columns, "categories": encoder.categories, "encoding": encoder.encoding}
+            meta["dataset"] = {"uri": self.source.uri, "shard_root": str(manifest.get("shard_root", ""))}
+        return meta
 
     def build_model(self, seed: int) -> MetaADModel:
         torch.manual_seed(seed)
@@ -80,6 +96,7 @@ def prepare_training(cfg: Config) -> TrainingSetup:
         normal_x, labels, view.normal_family_index, len(view.normal_families), budget, cfg.meta, cfg.seed
     )
     return TrainingSetup(
+        source=source,
         roles=roles,
         view=view,
         scaler=scaler,
