@@ -155,6 +155,9 @@ class EvalConfig:
 
     baselines: list[str] = field(default_factory=lambda: ["inner_only", "isolation_forest"])
     output: Optional[str] = None  # report folder; default <run>/report
+    # Budgets at which `evaluate` retrains the method on the same split for the AUROC-vs-budget
+    # plot (empty: the run's own budget only).
+    budget_curve: list[int] = field(default_factory=list)
     isolation_forest_estimators: int = 200
     # Neural baselines (supervised_mlp, deep_svdd, deep_sad, devnet, prenet). Defaults follow
     # DeepOD's tabular models, the peer implementation behind ANCHORS.md; one epoch is

@@ -93,12 +93,30 @@ def test_score_writes_scores_and_flags(trained_run, tmp_path):
 
 
 def test_evaluate_prints_table_and_writes_report(trained_run, capsys):
+    import json
+
     root, args = trained_run
-    assert main(["evaluate", *args, "eval.baselines=[isolation_forest]"]) == 0
+    assert main(["evaluate", *args, "eval.baselines=[isolation_forest]", "eval.budget_curve=[3]"]) == 0
     out = capsys.readouterr().out
     assert "metaad" in out and "isolation_forest" in out and "FPR@95" in out
-    assert (root / "quick" / "report" / "metrics.json").is_file()
+    report = root / "quick" / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["held_out"]) == {"metaad", "isolation_forest"}
+    assert {"overall", "8", "9"} <= set(metrics["held_out"]["metaad"])
+    assert set(metrics["auroc_vs_budget"]) == {"3", "10"}
+    assert {"threshold", "precision", "recall", "f1"} <= set(metrics["operating_point"])
+    assert "## Held-out families" in (report / "report.md").read_text()
+    for png in ("roc_held_out.png", "score_histogram.png", "auroc_vs_budget.png"):
+        assert (report / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluate_missing_run(capsys, tmp_path):
     assert "no trained run here" in _error(capsys, "evaluate", f"storage.root={tmp_path}", "run=nothing")
+
+
+def test_feature_mismatch_with_the_runs_manifest(capsys, trained_run, tmp_path):
+    root, args = trained_run
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({f"pixel_{i}": np.zeros(4) for i in range(60)}), path)  # 4 columns short
+    err = _error(capsys, "score", *args, f"input={path}", f"output={tmp_path / 'o.parquet'}")
+    assert "4 of the model's 64 feature columns are missing (first: ['pixel_60', 'pixel_61', 'pixel_62'])" in err

@@ -24,10 +24,10 @@ class FamilyRoles:
         return self.normal + self.meta + self.validation
 
     @classmethod
-    def from_config(cls, data: DataConfig, available: Sequence[str]) -> "FamilyRoles":
+    def from_config(cls, data: DataConfig, available: Sequence[str], required=REQUIRED_ROLES) -> "FamilyRoles":
         roles = {name: tuple(str(f) for f in getattr(data, name)) for name in ROLE_NAMES}
         known = set(available)
-        for name in REQUIRED_ROLES:
+        for name in required:
             if not roles[name]:
                 raise ConfigError(f"data.{name} is empty; expected at least one family name")
         seen: dict[str, str] = {}

@@ -1,20 +1,31 @@
-"""`metaad evaluate run=<name>`: held-out families, the method beside its baselines."""
+"""`metaad evaluate run=<name>`: held-out families, the method beside its baselines.
+
+Writes a report folder (default <run>/report, local or S3): metrics.json, report.md, ROC
+curves per held-out family, score histograms (normal vs held-out), AUROC vs budget, and the
+operating point at the threshold chosen on validation data.
+"""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from metaad_dist.data.source import open_source
+from metaad_dist.data.storage import open_location
 from metaad_dist.data.views import build_test_view
+from metaad_dist.eval import plots
 from metaad_dist.eval.baselines import fit_baseline
 from metaad_dist.eval.metrics import family_metrics
-from metaad_dist.eval.report import results_table
+from metaad_dist.eval.report import markdown_report, results_table
 from metaad_dist.train.artifacts import load_run, load_run_config
 from metaad_dist.train.commands import run_location
 from metaad_dist.train.setup import prepare_training
+
+METHOD = "metaad"
 
 
 def at_threshold(normal: np.ndarray, anomalies: np.ndarray, threshold: float) -> dict[str, float]:
@@ -28,7 +39,30 @@ def at_threshold(normal: np.ndarray, anomalies: np.ndarray, threshold: float) ->
     }
 
 
+def _model_scorer(model, score: str):
+    def scorer(x):
+        with torch.no_grad():
+            return model.anomaly_score(torch.as_tensor(x), score).numpy()
+
+    return scorer
+
+
+def _budget_point(run_cfg, budget: int, normal_x, held_out_x) -> float:
+    """Held-out AUROC of the method retrained at `budget` on the same split and seed."""
+    from metaad_dist.train.local import train_local
+
+    cfg = run_cfg.copy()
+    cfg.meta.budget = budget
+    cfg.meta.k_shot = min(cfg.meta.k_shot, budget)
+    result = train_local(cfg)
+    scorer = _model_scorer(result.trained.model, cfg.model.score)
+    scale = result.setup.scaler.transform
+    return family_metrics(scorer(scale(normal_x)), {f: scorer(scale(x)) for f, x in held_out_x.items()})["overall"]["auroc"]
+
+
 def evaluate_run(cfg, log=print) -> dict:
+    """Metrics of the run's method and of each baseline on the run's own split; plus the
+    scores behind them (key "scores") for the figures."""
     location = run_location(cfg)
     trained, payload = load_run(location)
     run_cfg = load_run_config(location)
@@ -41,11 +75,7 @@ def evaluate_run(cfg, log=print) -> dict:
     held_out_x = {f: scale(x) for f, x in test.held_out_x.items()}
     seen_x = {f: scale(x) for f, x in test.seen_meta_x.items() if len(x)}
 
-    def method(x):
-        with torch.no_grad():
-            return trained.model.anomaly_score(torch.as_tensor(x), trained.score).numpy()
-
-    scorers = {"metaad": method}
+    scorers = {METHOD: _model_scorer(trained.model, trained.score)}
     for name in cfg.eval.baselines:
         if not cfg.quiet:
             log(f"fitting baseline {name} on the same split ...")
@@ -57,31 +87,64 @@ def evaluate_run(cfg, log=print) -> dict:
         held_out[name] = family_metrics(normal_scores, {f: scorer(x) for f, x in held_out_x.items()})
         if seen_x:
             seen[name] = family_metrics(normal_scores, {f: scorer(x) for f, x in seen_x.items()})
+    method = scorers[METHOD]
     method_normal = method(normal_x)
-    method_anom = np.concatenate([method(x) for x in held_out_x.values()])
-    report = {
+    method_held_out = {f: method(x) for f, x in held_out_x.items()}
+    budget_points = {int(run_cfg.meta.budget): held_out[METHOD]["overall"]["auroc"]}
+    for budget in cfg.eval.budget_curve:
+        if budget not in budget_points:
+            if not cfg.quiet:
+                log(f"retraining the method at budget {budget} for the AUROC-vs-budget curve ...")
+            budget_points[int(budget)] = _budget_point(run_cfg, int(budget), test.normal_x, test.held_out_x)
+    return {
         "run": location.uri,
         "scaler": run_cfg.data.scaler,
+        "budget": int(run_cfg.meta.budget),
         "held_out": held_out,
         "seen_meta": seen,
-        "operating_point": at_threshold(method_normal, method_anom, float(payload["threshold"])),
+        "operating_point": at_threshold(
+            method_normal, np.concatenate(list(method_held_out.values())), float(payload["threshold"])
+        ),
+        "auroc_vs_budget": {str(b): a for b, a in sorted(budget_points.items())},
+        "scores": {"normal": method_normal, "held_out": method_held_out},
     }
-    return report
+
+
+def write_report(report: dict, out) -> list[str]:
+    """metrics.json, report.md and the PNGs into `out` (a storage Location); returns the names."""
+    scores = report["scores"]
+    metrics = {k: v for k, v in report.items() if k != "scores"}
+    files = {"metrics.json": json.dumps(metrics, indent=2).encode(), "report.md": markdown_report(metrics).encode()}
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = {
+            "roc_held_out.png": lambda p: plots.roc_per_family(scores["normal"], scores["held_out"], p,
+                                                               "ROC per held-out family (metaad)"),
+            "score_histogram.png": lambda p: plots.score_histogram(
+                scores["normal"], np.concatenate(list(scores["held_out"].values())),
+                report["operating_point"]["threshold"], p),
+            "auroc_vs_budget.png": lambda p: plots.auroc_vs_budget(
+                {int(b): a for b, a in report["auroc_vs_budget"].items()}, p),
+        }
+        for name, draw in figures.items():
+            path = Path(tmp) / name
+            draw(path)
+            files[name] = path.read_bytes()
+    for name, data in files.items():
+        out.write_bytes_atomic(data, name)
+    return sorted(files)
 
 
 def evaluate_command(cfg) -> None:
     report = evaluate_run(cfg)
-    location = run_location(cfg)
-    out = location.child("report") if cfg.eval.output is None else None
-    if out is not None:
-        out.write_bytes_atomic(json.dumps(report, indent=2).encode(), "metrics.json")
-    else:
-        from metaad_dist.data.storage import open_location
-
-        open_location(cfg.eval.output, cfg.storage).write_bytes_atomic(json.dumps(report, indent=2).encode(), "metrics.json")
+    out = (
+        run_location(cfg).child("report") if cfg.eval.output is None
+        else open_location(cfg.eval.output, cfg.storage)
+    )
+    write_report(report, out)
     print(results_table(report["held_out"], f"held-out families (scaler: {report['scaler']}), anomaly = positive"))
     op = report["operating_point"]
     print(
-        f"metaad at the validation-chosen threshold {op['threshold']:.4f}: "
+        f"{METHOD} at the validation-chosen threshold {op['threshold']:.4f}: "
         f"precision {op['precision']:.3f} recall {op['recall']:.3f} F1 {op['f1']:.3f}"
     )
+    print(f"report: {out.uri}/report.md")

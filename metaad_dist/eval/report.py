@@ -20,3 +20,28 @@ def results_table(results: dict[str, dict[str, dict]], title: str) -> str:
                 f"{method:<18} {family:<16} {m['auroc']:>7.3f} {m['aupr']:>7.3f} {m['fpr95']:>7.3f} {m['n_anomaly']:>7d}"
             )
     return "\n".join(lines)
+
+
+def markdown_report(metrics: dict) -> str:
+    """A Markdown summary of an evaluation (metrics.json without the raw scores)."""
+    lines = [f"# Evaluation of {metrics['run']}", "",
+             f"Scaler: {metrics['scaler']}; anomaly-shot budget: {metrics['budget']} per meta family; "
+             "anomalies are the positive class.", "", "## Held-out families", "",
+             "| method | family | AUROC | AUPR | FPR@95 | anomalies |", "|---|---|---|---|---|---|"]
+    for method, per_family in metrics["held_out"].items():
+        for family, m in per_family.items():
+            lines.append(f"| {method} | {family} | {m['auroc']:.3f} | {m['aupr']:.3f} | {m['fpr95']:.3f} | {m['n_anomaly']} |")
+    if metrics.get("seen_meta"):
+        lines += ["", "## Seen meta families (rows outside the budget pool; secondary)", "",
+                  "| method | family | AUROC | AUPR |", "|---|---|---|---|"]
+        for method, per_family in metrics["seen_meta"].items():
+            for family, m in per_family.items():
+                lines.append(f"| {method} | {family} | {m['auroc']:.3f} | {m['aupr']:.3f} |")
+    op = metrics["operating_point"]
+    lines += ["", "## Operating point (threshold chosen on validation data, max F1)", "",
+              f"threshold {op['threshold']:.4f}: precision {op['precision']:.3f}, recall {op['recall']:.3f}, "
+              f"F1 {op['f1']:.3f} on the held-out test rows.", "",
+              "## AUROC vs budget", "", "| budget | held-out AUROC |", "|---|---|"]
+    lines += [f"| {b} | {a:.3f} |" for b, a in metrics["auroc_vs_budget"].items()]
+    lines += ["", "![ROC](roc_held_out.png) ![scores](score_histogram.png) ![budget](auroc_vs_budget.png)", ""]
+    return "\n".join(lines)

@@ -85,7 +85,10 @@ class TrainingSetup:
 
 def prepare_training(cfg: Config) -> TrainingSetup:
     source = open_source(cfg.data, cfg.storage)
-    roles = FamilyRoles.from_config(cfg.data, source.family_names())
+    return build_setup(cfg, source, FamilyRoles.from_config(cfg.data, source.family_names()))
+
+
+def build_setup(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> TrainingSetup:
     view = build_training_view(source, roles, cfg.data, cfg.meta, cfg.seed)
     scaler = FeatureScaler(cfg.data.scaler, cfg.seed).fit(view.normal_x)
     normal_x = scaler.transform(view.normal_x)
