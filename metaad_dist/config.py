@@ -133,6 +133,13 @@ class TrainerConfig:
     validate_every: int = 100
     num_workers: int = 1
     use_gpu: bool = False
+    # Ray Train (trainer=ray, metaad_dist/train/ray_trainer.py); the local trainer ignores these.
+    cpus_per_worker: float = 1.0
+    backend: str = "auto"  # auto (nccl with use_gpu, else gloo) | gloo | nccl
+    sampler: str = "memory"  # memory: EpisodeSampler inside each worker | actors: Ray sampler pool
+    checkpoint_every: int = 200  # episodes (all workers together) between checkpoints; 0: at the end only
+    keep_checkpoints: int = 2  # newest checkpoints kept in the run's storage
+    max_failures: int = 2  # automatic restarts from the latest checkpoint after a worker dies
 
 
 @dataclass

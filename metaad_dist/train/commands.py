@@ -1,15 +1,17 @@
 """`metaad train`: train with the configured trainer and save the run to storage."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
 from metaad_dist.data.storage import open_location
 from metaad_dist.errors import ConfigError
 from metaad_dist.eval.threshold import choose_threshold
-from metaad_dist.train.artifacts import save_run
+from metaad_dist.train.artifacts import TrainedModel, save_run
 
-TRAINERS = ("local",)
+TRAINERS = ("local", "ray")
 
 
 def run_name(cfg) -> str:
@@ -30,32 +32,43 @@ def validation_threshold(model, setup, score: str) -> float:
     return choose_threshold(normal, anomalies)
 
 
+def save_trained_run(
+    cfg, location, trained: TrainedModel, setup, history: list[dict], seconds: float, extra_metrics: Optional[dict] = None
+) -> dict:
+    """Write model.pt, config.yaml and metrics.json (what `metaad evaluate` reads); returns the metrics."""
+    threshold = validation_threshold(trained.model, setup, cfg.model.score)
+    metrics = {
+        "episodes": cfg.meta.episodes,
+        "seconds": seconds,
+        "final": history[-1],
+        "threshold": threshold,
+        "history": history,
+        **(extra_metrics or {}),
+    }
+    # roles, budget pools and, for prepared datasets, the encoder `metaad score` applies to raw rows
+    extra = {"model_args_version": 1, "threshold": threshold, **setup.run_metadata()}
+    save_run(location, trained, setup.model_args, extra, cfg, metrics)
+    return metrics
+
+
 def train_command(cfg) -> None:
     if cfg.trainer.name not in TRAINERS:
         raise ConfigError(f"trainer.name='{cfg.trainer.name}'; expected one of {list(TRAINERS)}")
-    from metaad_dist.train.local import train_local
+    if cfg.trainer.name == "ray":
+        from metaad_dist.train.ray_trainer import train_ray
 
-    location = run_location(cfg)
-    result = train_local(cfg)
-    threshold = validation_threshold(result.trained.model, result.setup, cfg.model.score)
-    final = result.history[-1]
-    metrics = {
-        "episodes": cfg.meta.episodes,
-        "seconds": result.seconds,
-        "final": final,
-        "threshold": threshold,
-        "history": result.history,
-    }
-    extra = {
-        "model_args_version": 1,
-        "threshold": threshold,
-        "roles": {k: list(getattr(result.setup.roles, k)) for k in ("normal", "meta", "validation", "held_out")},
-        "budget_row_ids": {f: torch.from_numpy(ids) for f, ids in result.setup.view.budget_row_ids.items()},
-    }
-    save_run(location, result.trained, result.setup.model_args, extra, cfg, metrics)
+        result = train_ray(cfg)
+        metrics, location_uri = result.metrics, result.location_uri
+    else:
+        from metaad_dist.train.local import train_local
+
+        location = run_location(cfg)
+        result = train_local(cfg)
+        metrics = save_trained_run(cfg, location, result.trained, result.setup, result.history, result.seconds)
+        location_uri = location.uri
     if not cfg.quiet:
-        val = final.get("val_auroc")
+        val = metrics["final"].get("val_auroc")
         print(
-            f"saved run '{run_name(cfg)}' to {location.uri} ({cfg.meta.episodes} episodes in {result.seconds:.1f}s"
+            f"saved run '{run_name(cfg)}' to {location_uri} ({cfg.meta.episodes} episodes in {metrics['seconds']:.1f}s"
             + (f", validation AUROC {val:.3f})" if val is not None else ")")
         )

@@ -1,0 +1,524 @@
+"""Ray Train meta-training: W workers, one episode each per step, gradients averaged.
+
+Semantics (METHOD.md section 6): at optimizer step ``s`` worker ``rank`` takes episode
+``s * W + rank``; inside `MetaLearner.step` the gradients of the inner (encoder/decoder, and
+prototypes when ``meta.inner_updates_head``) and of the outer (head/temperature) updates are
+all-reduced and averaged before each optimizer step. Every worker therefore holds the same
+parameters, and W workers equal one process averaging the same W episodes per step (tested on
+CPU with gloo). ``meta.episodes`` counts the episodes of all workers together.
+
+Checkpoints (`checkpoint.py`) go to the run's storage every ``trainer.checkpoint_every``
+episodes and at the end; Ray Train keeps the newest ``trainer.keep_checkpoints``. After a
+worker dies, Ray restarts the group (up to ``trainer.max_failures`` times) and the loop resumes
+from the latest checkpoint; rerunning with the same run name (Ray Train V2) does the same. The
+final model, resolved config and metrics are written with `save_run`, like the local trainer's,
+so `metaad evaluate run=<name>` works unchanged.
+
+The Ray plumbing lives here only: the learner is the same pure-PyTorch `MetaLearner`, given an
+all-reduce as its `grad_sync` hook.
+
+Test hook: ``METAAD_FAULT_AFTER_EPISODES=<n>:<marker file>`` in the driver's environment makes
+the last worker exit abruptly (``os._exit``) once ``n`` episodes are done, unless the marker
+exists; it creates the marker first, so only the first attempt dies.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from metaad_dist.config import Config
+from metaad_dist.data.storage import storage_errors
+from metaad_dist.episodes.episode import Episode
+from metaad_dist.errors import ConfigError, UserError
+from metaad_dist.meta.learner import MetaLearner
+from metaad_dist.train.artifacts import METRICS_FILE, TrainedModel
+from metaad_dist.train.checkpoint import checkpoint_dir_name, checkpoint_uri, load_checkpoint, save_checkpoint
+from metaad_dist.train.commands import run_location, run_name, save_trained_run
+from metaad_dist.train.local import validation_auroc
+from metaad_dist.train.setup import configure_torch, prepare_training
+
+BACKENDS = ("auto", "gloo", "nccl")
+SAMPLERS = ("memory", "actors")
+FAULT_ENV = "METAAD_FAULT_AFTER_EPISODES"
+# Ray Train's controller collects reports when it polls the workers; at its default 2 s interval
+# a worker reporting more often blocks until the next poll (the result queue holds one report).
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_DEFAULT_S = "0.2"
+# The standard AWS chain of the driver, forwarded to the workers so that they read S3 datasets
+# (and write the final run) even where the Ray nodes were started without it. Never logged.
+AWS_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+)
+SHOWN = ("inner_loss", "outer_loss", "confidence_margin", "temperature", "val_auroc", "episodes_per_s")
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+class EpisodeSource(Protocol):
+    """What the worker loop needs from a sampler; `state_dict`/`load_state_dict` are optional."""
+
+    def episode(self, index: int) -> Episode: ...
+
+
+def open_episode_source(cfg, setup, num_workers: int) -> EpisodeSource:
+    """trainer.sampler: `memory` (EpisodeSampler in this worker) or `actors` (a SamplerPool)."""
+    if cfg.trainer.sampler == "memory":
+        # A pure function of (seed, index): its whole state is the episode counter.
+        return setup.sampler
+    try:
+        from metaad_dist.episodes.actors import SamplerPool
+    except ImportError:
+        raise ConfigError(
+            "trainer.sampler='actors' needs the Ray sampler pool (metaad_dist/episodes/actors.py), "
+            "which this checkout does not have; use trainer.sampler=memory"
+        ) from None
+    pool = SamplerPool.from_training_setup(cfg, setup)
+    pool.expect_stride(num_workers)  # this worker takes every num_workers-th episode
+    return pool
+
+
+# --------------------------------------------------------------------------- collectives
+
+
+class GradientAverager:
+    """`grad_sync` for MetaLearner: all-reduce one level's gradients, divide by the world size.
+
+    One flat buffer per call (a single collective instead of one per tensor). Parameters
+    without a gradient (unused by this level's loss) have none on every worker, since all
+    workers run the same code path, and stay None so the optimizer skips them. `seconds`
+    accumulates the time spent here: waiting for the slowest worker plus the transfer.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self, params: list[torch.nn.Parameter]) -> None:
+        started = time.perf_counter()
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= dist.get_world_size()
+            offset = 0
+            for g in grads:
+                n = g.numel()
+                g.copy_(flat[offset:offset + n].view_as(g))
+                offset += n
+        self.seconds += time.perf_counter() - started
+
+
+def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def parameter_spread(model: torch.nn.Module) -> float:
+    """Largest difference of any parameter between workers (0.0 when they are in sync)."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    hi, lo = flat.clone(), flat.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).max())
+
+
+# --------------------------------------------------------------------------- the worker loop
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]: steps advance W episodes at once."""
+    return every > 0 and after // every > before // every
+
+
+def total_steps(episodes: int, num_workers: int) -> int:
+    return math.ceil(episodes / num_workers)
+
+
+@dataclass
+class Window:
+    """Throughput, sampler wait and gradient all-reduce time since the last report (this worker)."""
+
+    sync_start: float = 0.0  # GradientAverager.seconds when the window opened
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    wait: float = 0.0
+
+    def close(self, world: int, sync_seconds: float) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {
+            "episodes_per_s": self.steps * world / elapsed,
+            "sampler_wait_s": self.wait,
+            "sampler_wait_fraction": self.wait / elapsed,
+            "allreduce_fraction": (sync_seconds - self.sync_start) / elapsed,
+        }
+
+
+def fault_plan(spec: Optional[str]) -> Optional[tuple[int, str]]:
+    if not spec:
+        return None
+    episodes, _, marker = spec.partition(":")
+    if not episodes.isdigit() or not marker:
+        raise ConfigError(f"{FAULT_ENV}='{spec}'; expected <episodes>:<marker file>")
+    return int(episodes), marker
+
+
+def worker_config(raw: dict):
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), raw)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def train_worker(config: dict) -> None:
+    """`train_loop_per_worker`: runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = worker_config(config["cfg"])
+    t = cfg.trainer
+    quiet_report_log()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    configure_torch(t)  # torch threads per worker
+    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
+    setup = prepare_training(cfg)
+    averager = GradientAverager()
+    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, averager if world > 1 else None)
+    source = open_episode_source(cfg, setup, world)
+    steps = total_steps(cfg.meta.episodes, world)
+
+    step, history, seconds_before = 0, [], 0.0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        step, history, seconds_before = restore(state, learner, source, cfg, world, steps, checkpoint_uri(checkpoint))
+        say(cfg, rank, f"[ray] resuming from {checkpoint_uri(checkpoint)} at episode {state['episodes_done']}")
+    first_step = step
+    fault = fault_plan(config.get("fault"))
+
+    start = time.perf_counter()
+    window, totals = Window(), {"sampler_wait_s": 0.0, "report_s": 0.0}
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes")
+    pending = prefetch.submit(source.episode, step * world + rank) if step < steps else None
+    for s in range(step, steps):
+        waiting = time.perf_counter()
+        episode = pending.result()
+        waited = time.perf_counter() - waiting
+        if s + 1 < steps:  # the next episode is drawn while this step trains
+            pending = prefetch.submit(source.episode, (s + 1) * world + rank)
+        window.wait += waited
+        totals["sampler_wait_s"] += waited
+        metrics = learner.step(episode, outer=s * world >= cfg.meta.warmup_episodes)
+        window.steps += 1
+        before, done = s * world, (s + 1) * world
+        if fault and rank == world - 1 and done >= fault[0] and not os.path.exists(fault[1]):
+            open(fault[1], "w").close()
+            os._exit(1)  # an abrupt death, as a killed process: no cleanup, no report
+        last = s + 1 == steps
+        validate = last or crossed(before, done, t.validate_every)
+        save = last or crossed(before, done, t.checkpoint_every)
+        if not (validate or save or crossed(before, done, t.log_every)):
+            continue
+
+        # Every worker reaches this point at the same steps: report() is a barrier.
+        reporting = time.perf_counter()
+        row = {**metrics, **window.close(world, averager.seconds)}
+        if world > 1:
+            row = mean_over_workers(row, device)
+            row["param_spread"] = parameter_spread(learner.model)
+        row.update(episode=done, step=s + 1)
+        if validate and rank == 0:
+            auroc = validation_auroc(learner.model, setup, cfg.model.score, device)
+            if auroc is not None:
+                row["val_auroc"] = auroc
+        history.append(row)
+        say(cfg, rank, f"[ray x{world}] episode {done}/{steps * world} " + " ".join(
+            f"{k} {row[k]:.3f}" for k in SHOWN if k in row
+        ))
+        ckpt = None
+        if save and rank == 0:
+            ckpt = save_checkpoint({
+                "learner": learner.state_dict(),
+                "step": s + 1,
+                "episodes_done": done,
+                "num_workers": world,
+                "sampler": sampler_state(cfg, source, done),
+                "history": history,
+                "seconds": seconds_before + time.perf_counter() - start,
+                "config": OmegaConf.to_yaml(cfg),
+            })
+        ray.train.report(
+            row,
+            checkpoint=ckpt,
+            checkpoint_dir_name=checkpoint_dir_name(done) if save else None,
+            delete_local_checkpoint_after_upload=ckpt is not None,
+        )
+        totals["report_s"] += time.perf_counter() - reporting
+        window = Window(averager.seconds)
+    prefetch.shutdown()
+    if source is not setup.sampler and hasattr(source, "shutdown"):
+        source.shutdown()
+
+    totals.update(loop_s=time.perf_counter() - start, allreduce_s=averager.seconds)
+    if world > 1:
+        totals = mean_over_workers(totals, device)
+    if rank == 0:
+        learner.model.eval()
+        trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
+        summary = loop_summary(cfg, world, steps, first_step, totals)
+        save_trained_run(cfg, run_location(cfg), trained, setup, history, seconds_before + totals["loop_s"], summary)
+
+
+def quiet_report_log() -> None:
+    """Ray 2.60 logs each report's metrics at INFO under a logger named after its source file,
+    which LoggingConfig (it filters "ray.train.*") misses; the workers print progress instead."""
+    try:
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except (ImportError, AttributeError):
+        pass
+
+
+def say(cfg, rank: int, line: str) -> None:
+    if rank == 0 and not cfg.quiet:
+        # sys.__stdout__: Ray Train's patched print would also log the line, showing it twice.
+        print(line, file=sys.__stdout__, flush=True)
+
+
+def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> dict:
+    """metrics.json "trainer": this attempt's loop (reports, validation, checkpoints included)."""
+    trained = (steps - first_step) * world
+    loop = totals["loop_s"]
+    share = (lambda key: totals[key] / loop) if trained else (lambda key: None)
+    return {"trainer": {
+        "name": "ray",
+        "num_workers": world,
+        "backend": backend(cfg),
+        "episodes_trained": steps * world,
+        "resumed_at_episode": first_step * world,
+        "loop_seconds": loop,
+        "loop_episodes_per_s": trained / loop if trained else None,
+        "sampler_wait_fraction": share("sampler_wait_s"),
+        # Gradient all-reduces, waiting for the slowest worker included.
+        "allreduce_fraction": share("allreduce_s"),
+        # Reports with their validation and checkpoint writes.
+        "report_fraction": share("report_s"),
+    }}
+
+
+def sampler_state(cfg, source: EpisodeSource, next_episode: int) -> dict:
+    state: dict = {"kind": cfg.trainer.sampler, "next_episode": next_episode}
+    if hasattr(source, "state_dict"):
+        state["state"] = source.state_dict()
+    return state
+
+
+def restore(state: dict, learner: MetaLearner, source: EpisodeSource, cfg, world: int, steps: int, where: str):
+    """Load a checkpoint into the learner (and sampler); returns (step, history, seconds)."""
+    if state["num_workers"] != world:
+        raise ConfigError(
+            f"trainer.num_workers={world} but {where} was written with {state['num_workers']} workers "
+            "(the episode each worker takes depends on it); resume with the same value or use a new run name"
+        )
+    if state["step"] > steps:
+        raise ConfigError(
+            f"meta.episodes={cfg.meta.episodes} but {where} already holds {state['episodes_done']} episodes; "
+            "raise meta.episodes or use a new run name"
+        )
+    if state["sampler"].get("kind") != cfg.trainer.sampler:
+        raise ConfigError(
+            f"trainer.sampler='{cfg.trainer.sampler}' but {where} was written with "
+            f"'{state['sampler'].get('kind')}'; resume with the same sampler or use a new run name"
+        )
+    try:
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{where} does not fit this config's model/meta settings ({first[:160]}); use a new run name"
+        ) from None
+    if "state" in state["sampler"] and hasattr(source, "load_state_dict"):
+        source.load_state_dict(state["sampler"]["state"])
+    return int(state["step"]), list(state["history"]), float(state.get("seconds", 0.0))
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def check_settings(cfg) -> None:
+    t = cfg.trainer
+    if t.num_workers < 1:
+        raise ConfigError(f"trainer.num_workers={t.num_workers}; expected at least 1")
+    if t.cpus_per_worker <= 0:
+        raise ConfigError(f"trainer.cpus_per_worker={t.cpus_per_worker}; expected a positive number")
+    if t.backend not in BACKENDS:
+        raise ConfigError(f"trainer.backend='{t.backend}'; expected one of {list(BACKENDS)}")
+    if t.backend == "nccl" and not t.use_gpu:
+        raise ConfigError("trainer.backend='nccl' needs trainer.use_gpu=true; use gloo (or auto) on CPU")
+    if t.sampler not in SAMPLERS:
+        raise ConfigError(f"trainer.sampler='{t.sampler}'; expected one of {list(SAMPLERS)}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"trainer.device='{t.device}'; with trainer=ray use auto, cpu or cuda (Ray assigns each worker its GPU)")
+    if t.device == "cuda" and not t.use_gpu:
+        raise ConfigError("trainer.device='cuda' needs trainer.use_gpu=true with trainer=ray")
+    if t.device == "cpu" and t.use_gpu:
+        raise ConfigError("trainer.device='cpu' contradicts trainer.use_gpu=true")
+    for key in ("checkpoint_every", "log_every", "validate_every"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"trainer.{key}={getattr(t, key)}; expected 0 or more")
+    if t.keep_checkpoints < 1:
+        raise ConfigError(f"trainer.keep_checkpoints={t.keep_checkpoints}; expected at least 1")
+    if t.max_failures < 0:
+        raise ConfigError(f"trainer.max_failures={t.max_failures}; expected 0 or more")
+    if cfg.meta.episodes < 1:
+        raise ConfigError(f"meta.episodes={cfg.meta.episodes}; expected at least 1")
+
+
+def check_cluster(cfg) -> None:
+    import ray
+
+    t = cfg.trainer
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if t.num_workers * t.cpus_per_worker > cpus:
+        need = f"trainer.num_workers={t.num_workers}" + (
+            f" x trainer.cpus_per_worker={t.cpus_per_worker:g}" if t.cpus_per_worker != 1 else ""
+        )
+        raise ConfigError(f"{need} exceeds the {cpus:g} CPUs of the Ray cluster")
+    if t.use_gpu and t.num_workers > gpus:
+        raise ConfigError(
+            f"trainer.num_workers={t.num_workers} with trainer.use_gpu=true exceeds the {gpus:g} GPUs of the Ray cluster"
+        )
+
+
+def backend(cfg) -> str:
+    return ("nccl" if cfg.trainer.use_gpu else "gloo") if cfg.trainer.backend == "auto" else cfg.trainer.backend
+
+
+def ray_storage(location):
+    """(storage_path, filesystem) for RunConfig: the run's parent folder on the run's filesystem.
+
+    On S3 the filesystem carries the driver's static keys when they come from the environment:
+    Ray's controller and workers may run in processes started without them.
+    """
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    parent = posixpath.dirname(location.base.rstrip("/"))
+    if not location.is_s3:
+        return parent, pafs.LocalFileSystem()
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (key and secret):
+        return parent, location.fs
+    options = location.fs.__reduce__()[1][0]  # the settings pyarrow itself pickles
+    options.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN", ""))
+    attempts = location.storage.max_attempts if location.storage else 3
+    fs = pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=int(attempts)))
+    return parent, fs
+
+
+def worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
+
+
+def ensure_ray() -> bool:
+    """Connect to RAY_ADDRESS, or start a local instance on 127.0.0.1; True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # One machine has no preemptible nodes; the watcher would only log a harmless error.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        ray.init(_node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+    return True
+
+
+def failure_error(exc: BaseException, name: str) -> UserError:
+    """One line for a failed fit: the first UserError behind it (same class), else the last line of the cause."""
+    failures = [f for f in [*getattr(exc, "worker_failures", {}).values(), getattr(exc, "controller_failure", None)] if f]
+    for failure in [*failures, exc]:
+        cur, seen = failure, set()
+        while cur is not None and id(cur) not in seen:
+            seen.add(id(cur))
+            if isinstance(cur, UserError):
+                return type(cur)(f"training run '{name}' failed: {cur}")
+            cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    first = failures[0] if failures else exc
+    lines = [line.strip() for line in str(first).splitlines() if line.strip()]
+    return UserError(f"training run '{name}' failed: {lines[-1] if lines else type(first).__name__}")
+
+
+@dataclass
+class RayTrainResult:
+    location_uri: str
+    metrics: dict
+
+
+def train_ray(cfg) -> RayTrainResult:
+    """Run (or resume) the run `cfg.run` with Ray Train; the trained run lands in storage."""
+    import json
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    check_settings(cfg)
+    location = run_location(cfg)  # S3: endpoint, credentials and bucket checked here, one line each
+    if not location.is_s3:
+        with storage_errors(location.uri):
+            location.fs.create_dir(location.base, recursive=True)
+    fault = os.environ.get(FAULT_ENV)
+    fault_plan(fault)
+    started = ensure_ray()
+    try:
+        check_cluster(cfg)
+        storage_path, filesystem = ray_storage(location)
+        os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_DEFAULT_S)
+        t = cfg.trainer
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True), "fault": fault},
+            torch_config=TorchConfig(backend=backend(cfg)),
+            scaling_config=ScalingConfig(
+                num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+            ),
+            run_config=RunConfig(
+                name=run_name(cfg),
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                worker_runtime_env={"env_vars": worker_env()},
+                # Ray Train's INFO lines repeat every report's metrics; the workers print progress.
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
+        )
+        try:
+            trainer.fit()
+        except TrainingFailedError as exc:
+            raise failure_error(exc, run_name(cfg)) from None
+    finally:
+        if started:
+            ray.shutdown()
+    metrics = json.loads(location.read_bytes(METRICS_FILE))
+    return RayTrainResult(location.uri, metrics)

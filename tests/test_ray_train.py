@@ -1,0 +1,250 @@
+"""Ray Train meta-training (issue 5): 2 CPU workers with gloo on the shared local Ray instance.
+
+Equivalence with one process averaging the same episodes, resume after a killed worker with
+checkpoints on a real S3 server, resume by rerunning the same run name, and one-line errors.
+"""
+from __future__ import annotations
+
+import io
+import math
+import socket
+
+import pytest
+import torch
+
+from metaad_dist.cli import compose_config, main
+from metaad_dist.data.storage import open_location
+from metaad_dist.errors import ConfigError, UserError
+from metaad_dist.meta.learner import MetaLearner
+from metaad_dist.meta.losses import inner_loss, outer_loss
+from metaad_dist.train.artifacts import load_run
+from metaad_dist.train.checkpoint import STATE_FILE, read_state, write_state
+from metaad_dist.train.commands import run_location
+from metaad_dist.train.ray_trainer import FAULT_ENV, crossed, train_ray
+from metaad_dist.train.setup import configure_torch, prepare_training
+
+WORKERS = 2
+EPISODES = 12
+# Small and quick, but with two inner and two outer steps per episode, a warm-up without the
+# outer loop and gradient clipping, so every part of the averaged update is exercised.
+SMALL = [
+    "data=digits",
+    "trainer=ray",
+    f"trainer.num_workers={WORKERS}",
+    f"meta.episodes={EPISODES}",
+    "meta.n_support=64",
+    "meta.n_query=64",
+    "meta.inner_steps=2",
+    "meta.outer_steps=2",
+    "meta.warmup_episodes=2",
+    "meta.inner_optimizer.grad_clip=5.0",
+    "model.hidden_dims=[32]",
+    "model.embed_dim=16",
+    "trainer.checkpoint_every=4",
+    "trainer.log_every=4",
+    "trainer.validate_every=6",
+    "trainer.keep_checkpoints=2",
+    "trainer.max_failures=1",
+    "quiet=true",
+]
+TOLERANCE = 1e-5
+
+
+def _averaged_update(params, opt, clip: float, losses) -> None:
+    """One optimizer step on the mean of per-episode gradients (what the all-reduce computes)."""
+    total = [None] * len(params)
+    for loss in losses:
+        grads = torch.autograd.grad(loss(), params, allow_unused=True)
+        total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
+    for p, g in zip(params, total):
+        p.grad = None if g is None else g / len(losses)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
+def averaged_reference(cfg, num_workers: int) -> dict[str, torch.Tensor]:
+    """One process, per step: average the gradients of episodes s*W .. s*W+W-1, then step.
+
+    Mirrors MetaLearner.step: `inner_steps` inner updates, then (after the warm-up)
+    `outer_steps` outer updates on frozen features, each on the W-episode mean gradient.
+    """
+    configure_torch(cfg.trainer)
+    setup = prepare_training(cfg)
+    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, torch.device("cpu"))
+    model, meta = learner.model, cfg.meta
+    model.train()
+    f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    i64 = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
+    for s in range(math.ceil(meta.episodes / num_workers)):
+        eps = [setup.sampler.episode(s * num_workers + r) for r in range(num_workers)]
+        for _ in range(meta.inner_steps):
+            _averaged_update(learner.inner_params, learner.inner_opt, meta.inner_optimizer.grad_clip, [
+                (lambda ep=ep: inner_loss(model, f32(ep.support_x), i64(ep.support_y), meta)[0]) for ep in eps
+            ])
+        if s * num_workers >= meta.warmup_episodes:
+            for _ in range(meta.outer_steps):
+                def outer(ep):
+                    with torch.no_grad():
+                        zq, zs = model.encoder(f32(ep.query_x)), model.encoder(f32(ep.shots_x))
+                    return outer_loss(model, zq, i64(ep.query_y), zs, meta)[0]
+
+                _averaged_update(learner.outer_params, learner.outer_opt, meta.outer_optimizer.grad_clip, [
+                    (lambda ep=ep: outer(ep)) for ep in eps
+                ])
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def trained_state(cfg) -> dict[str, torch.Tensor]:
+    trained, _ = load_run(run_location(cfg))
+    return trained.model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_local, tmp_path_factory):
+    """`metaad train trainer=ray` end to end, through the CLI, into a local folder."""
+    root = tmp_path_factory.mktemp("ray-runs")
+    overrides = [*SMALL, f"storage.root={root}", "run=straight"]
+    assert main(["train", *overrides]) == 0
+    cfg = compose_config(overrides)
+    return cfg, trained_state(cfg)
+
+
+def test_two_workers_equal_one_process_averaging_two_episodes(uninterrupted):
+    cfg, params = uninterrupted
+    reference = averaged_reference(cfg, WORKERS)
+    assert max_difference(params, reference) < TOLERANCE
+    # and the run really moved away from its initialisation
+    torch.manual_seed(cfg.seed)
+    initial = prepare_training(cfg).build_model(cfg.seed).state_dict()
+    assert max_difference(params, initial) > 1e-3
+
+    metrics = open_location(str(cfg.storage.root)).child("straight")
+    import json
+
+    m = json.loads(metrics.read_bytes("metrics.json"))
+    assert m["trainer"]["num_workers"] == WORKERS and m["trainer"]["backend"] == "gloo"
+    assert [h["episode"] for h in m["history"]] == [4, 6, 8, 12]  # log/checkpoint every 4, validate every 6
+    assert all(h["param_spread"] == 0.0 for h in m["history"])  # identical parameters on every worker
+    assert all(
+        k in m["final"]
+        for k in ("inner_loss", "outer_loss", "confidence_margin", "temperature", "episodes_per_s",
+                  "sampler_wait_fraction", "val_auroc")
+    )
+
+
+def test_killed_worker_resumes_from_s3_checkpoint(uninterrupted, compose, s3, monkeypatch, tmp_path):
+    """A worker dies after 6 episodes; Ray restarts the group, which resumes from episode 4 on S3."""
+    _, expected = uninterrupted
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(FAULT_ENV, f"6:{marker}")
+    overrides = [*SMALL, f"storage.root={s3.uri('runs')}", f"storage.endpoint_url={s3.endpoint_url}", "run=killed"]
+    cfg = compose(*overrides)
+    result = train_ray(cfg)
+    assert marker.exists()  # the first attempt really died
+    assert result.metrics["trainer"]["resumed_at_episode"] == 4
+    assert result.location_uri == s3.uri("runs", "killed")
+    assert max_difference(trained_state(cfg), expected) < TOLERANCE
+    keys = s3.keys("runs/killed/")
+    checkpoints = sorted({k.split("/")[2] for k in keys if k.split("/")[2].startswith("checkpoint_0")})
+    assert checkpoints == ["checkpoint_000000008", "checkpoint_000000012"]  # keep_checkpoints=2
+    assert "runs/killed/checkpoint_000000012/state.pt" in keys
+    assert {"runs/killed/model.pt", "runs/killed/config.yaml", "runs/killed/metrics.json"} <= set(keys)
+
+    # `metaad evaluate` reads the run from S3 unchanged
+    monkeypatch.delenv(FAULT_ENV)
+    assert main(["evaluate", *overrides, "eval.baselines=[]"]) == 0
+    assert "runs/killed/report/metrics.json" in s3.keys("runs/killed/report/")
+
+
+def test_rerun_with_the_same_name_resumes(uninterrupted, compose, tmp_path):
+    _, expected = uninterrupted
+    first = compose(*SMALL, f"storage.root={tmp_path}", "run=grown", "meta.episodes=6")
+    assert train_ray(first).metrics["trainer"]["episodes_trained"] == 6
+    second = compose(*SMALL, f"storage.root={tmp_path}", "run=grown")
+    result = train_ray(second)
+    assert result.metrics["trainer"]["resumed_at_episode"] == 6
+    assert [h["episode"] for h in result.metrics["history"]][:3] == [4, 6, 8]  # history carried over
+    assert max_difference(trained_state(second), expected) < TOLERANCE
+
+
+def test_corrupt_checkpoint_is_one_clear_error(ray_local, compose, tmp_path):
+    overrides = [*SMALL, f"storage.root={tmp_path}", "run=corrupt", "trainer.max_failures=0"]
+    train_ray(compose(*overrides, "meta.episodes=2"))
+    (tmp_path / "corrupt" / "checkpoint_000000002" / STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=r"checkpoint_000000002: corrupt checkpoint") as err:
+        train_ray(compose(*overrides, "meta.episodes=4"))
+    assert "\n" not in str(err.value)
+
+
+def test_resume_with_another_worker_count_is_one_clear_error(ray_local, compose, tmp_path):
+    overrides = [*SMALL, f"storage.root={tmp_path}", "run=resized", "trainer.max_failures=0"]
+    train_ray(compose(*overrides, "meta.episodes=2"))
+    with pytest.raises(ConfigError, match=r"trainer.num_workers=1 but .*checkpoint_000000002 was written with 2 workers"):
+        train_ray(compose(*overrides, "meta.episodes=4", "trainer.num_workers=1"))
+
+
+def test_more_workers_than_cpus(ray_local, compose, tmp_path):
+    cfg = compose(*SMALL, f"storage.root={tmp_path}", "trainer.num_workers=3")
+    with pytest.raises(ConfigError, match=r"^trainer.num_workers=3 exceeds the 2 CPUs of the Ray cluster$"):
+        train_ray(cfg)
+
+
+def test_unreachable_storage(compose, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    cfg = compose(
+        *SMALL, "storage.root=s3://metaad/runs", f"storage.endpoint_url=http://127.0.0.1:{port}",
+        "storage.connect_timeout_s=1", "storage.max_attempts=1",
+    )
+    with pytest.raises(UserError, match=r"^s3://metaad: S3 endpoint http://127.0.0.1:\d+ is unreachable") as err:
+        train_ray(cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.backend=nccl", "trainer.backend='nccl' needs trainer.use_gpu=true"),
+    ("trainer.backend=mpi", "trainer.backend='mpi'; expected one of"),
+    ("trainer.sampler=disk", "trainer.sampler='disk'; expected one of"),
+    ("trainer.num_workers=0", "trainer.num_workers=0; expected at least 1"),
+    ("trainer.device=cuda:1", "trainer.device='cuda:1'; with trainer=ray"),
+])
+def test_bad_trainer_settings(compose, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        train_ray(compose(*SMALL, f"storage.root={tmp_path}", override))
+
+
+class Foreign:
+    """Not a tensor or a plain container: weights-only loading refuses it (it could run code)."""
+
+
+def test_checkpoint_state_round_trip_and_corruption(tmp_path):
+    state = {
+        "learner": {"model": {"w": torch.ones(2)}}, "step": 3, "episodes_done": 6, "num_workers": 2,
+        "sampler": {"kind": "memory", "next_episode": 6}, "history": [{"episode": 6, "x": 1.0}], "config": "seed: 0\n",
+    }
+    path = write_state(state, str(tmp_path))
+    loaded = read_state(open(path, "rb").read(), "ckpt")
+    assert loaded["step"] == 3 and torch.equal(loaded["learner"]["model"]["w"], torch.ones(2))
+    with pytest.raises(UserError, match=r"^ckpt: corrupt checkpoint \(\w+\); delete this checkpoint folder"):
+        read_state(b"\x80\x04garbage", "ckpt")
+    buf = io.BytesIO()
+    torch.save({"x": Foreign()}, buf)
+    with pytest.raises(UserError, match=r"^ckpt: corrupt checkpoint"):
+        read_state(buf.getvalue(), "ckpt")
+    buf = io.BytesIO()
+    torch.save({"learner": {}}, buf)
+    with pytest.raises(UserError, match=r"not a metaad training state"):
+        read_state(buf.getvalue(), "ckpt")
+
+
+def test_crossed_counts_multiples_inside_a_step():
+    assert crossed(0, 2, 2) and not crossed(2, 3, 4) and crossed(3, 5, 4) and not crossed(0, 8, 0)
