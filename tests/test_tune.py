@@ -30,7 +30,7 @@ def sweep(ray_local, prepared_digits, tmp_path_factory):
         "tune.name=test",
     ])
     grids = run_sweep(cfg)
-    rows = [row for grid in grids for row in trial_rows(grid, cfg.meta.episodes)]
+    rows = [row for b, grid in zip(cfg.tune.budgets, grids) for row in trial_rows(grid, cfg.meta.episodes, b)]
     out = write_outputs(rows, cfg, root / "report")
     return cfg, rows, out
 
@@ -72,7 +72,7 @@ def test_interrupted_sweep_continues_when_rerun(sweep):
     """Rerunning the same sweep restores each budget's experiment instead of starting over."""
     cfg, rows, _ = sweep
     grids = run_sweep(cfg)
-    again = [row for grid in grids for row in trial_rows(grid, cfg.meta.episodes)]
+    again = [row for b, grid in zip(cfg.tune.budgets, grids) for row in trial_rows(grid, cfg.meta.episodes, b)]
     assert sorted(r["trial"] for r in again) == sorted(r["trial"] for r in rows)
     assert sweep_path(cfg).endswith("tune")
 
@@ -91,3 +91,19 @@ def test_empty_search_space_is_a_config_error(capsys):
 def test_parameter_path_that_does_not_exist(capsys):
     err = _one_line_error(capsys, "tune", "tune.space=[{path: meta.nope, kind: choice, choices: [1]}]")
     assert "tune.space[0].path='meta.nope' is not a config key" in err
+
+
+def test_each_trial_can_be_a_ray_train_run(ray_local, tmp_path):
+    from metaad_dist.cli import compose_config
+
+    cfg = compose_config([
+        "data=digits", f"storage.root={tmp_path}", "quiet=true", "meta.episodes=60", "trainer.validate_every=30",
+        "tune.budgets=[5]", "tune.num_samples=2", "tune.max_concurrent_trials=1", "tune.trainable=ray",
+        "tune.scheduler=fifo", "trainer.num_workers=1", "tune.name=ray-trials",
+    ])
+    (grid,) = run_sweep(cfg)
+    rows = trial_rows(grid, cfg.meta.episodes, 5)
+    assert len(rows) == 2 and all(r["completed"] and 0.5 < r["val_auroc"] <= 1 for r in rows)
+    runs = tmp_path / "tune" / "ray-trials" / "runs"
+    assert sorted(p.name for p in runs.iterdir() if (p / "model.pt").is_file()) == sorted(
+        f"trial-{r['trial']}" for r in rows)

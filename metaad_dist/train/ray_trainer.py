@@ -473,8 +473,10 @@ class RayTrainResult:
     metrics: dict
 
 
-def train_ray(cfg) -> RayTrainResult:
-    """Run (or resume) the run `cfg.run` with Ray Train; the trained run lands in storage."""
+def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
+    """Run (or resume) the run `cfg.run` with Ray Train; the trained run lands in storage.
+
+    `callbacks` go to RunConfig (Ray Tune passes its TuneReportCallback)."""
     import json
 
     import ray
@@ -509,6 +511,7 @@ def train_ray(cfg) -> RayTrainResult:
                 failure_config=FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
                 worker_runtime_env={"env_vars": worker_env()},
+                callbacks=list(callbacks),
                 # Ray Train's INFO lines repeat every report's metrics; the workers print progress.
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),

@@ -15,20 +15,21 @@ EXPORT_HEADER = (
 )
 
 
-def trial_rows(result_grid, episodes: int) -> list[dict]:
+def trial_rows(result_grid, episodes: int, budget: int) -> list[dict]:
     rows = []
     for result in result_grid:
         if result.metrics is None or "val_auroc" not in result.metrics:
             continue
-        params = {**result.config, BUDGET_KEY: int(result.metrics["budget"])}
+        params = {**result.config, BUDGET_KEY: budget}
         rows.append({
             "trial": result.metrics.get("trial_id", Path(result.path).name),
-            "budget": int(result.metrics["budget"]),
+            "budget": budget,
             "val_auroc": float(result.metrics["val_auroc"]),
             "episode": int(result.metrics["episode"]),
             "completed": int(result.metrics["episode"]) >= episodes,
-            "held_out_rows_read": int(result.metrics["held_out_rows_read"]),
-            "trainable_rows_read": int(result.metrics["trainable_rows_read"]),
+            # -1: not counted (Ray Train trials report their workers' metrics only)
+            "held_out_rows_read": int(result.metrics.get("held_out_rows_read", -1)),
+            "trainable_rows_read": int(result.metrics.get("trainable_rows_read", -1)),
             "params": params,
         })
     return sorted(rows, key=lambda r: (r["budget"], -r["val_auroc"]))

@@ -22,12 +22,28 @@ from metaad_dist.tune.space import BUDGET_KEY, apply_params, build_param_space
 
 METRIC = "val_auroc"
 TRAINABLES = ("local", "ray")
+TRIAL_DRIVER_CPUS = 0.01
 
 
 def rows_read(setup, families) -> int:
     """Rows this trial's source read from `families` (-1: the source keeps no counters)."""
     counters = getattr(setup.source, "rows_read", None)
     return int(sum(counters.get(f, 0) for f in families)) if counters is not None else -1
+
+
+def run_ray_train_trial(cfg) -> None:
+    """A Ray Train run per trial (STACK.md: a tiny function trainable that fits a TorchTrainer
+    and forwards its workers' reports to Tune). Every report is a validation report."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from metaad_dist.train.ray_trainer import train_ray
+
+    cfg.trainer.name = "ray"
+    cfg.trainer.log_every = cfg.trainer.validate_every
+    cfg.trainer.checkpoint_every = 0  # at the end only: trials are short and ASHA may stop them
+    cfg.run = f"trial-{tune.get_context().get_trial_id()}"
+    cfg.storage.root = os.path.join(sweep_path(cfg), cfg.tune.name, "runs")
+    train_ray(cfg, callbacks=(TuneReportCallback(),))
 
 
 def run_trial(params: dict, base: dict) -> None:
@@ -37,6 +53,8 @@ def run_trial(params: dict, base: dict) -> None:
 
     cfg = apply_params(OmegaConf.create(base), params)
     cfg.quiet = True
+    if cfg.tune.trainable == "ray":
+        return run_ray_train_trial(cfg)
     setup = prepare_training(cfg)
 
     def report(metrics: dict) -> None:
@@ -54,8 +72,6 @@ def run_trial(params: dict, base: dict) -> None:
 def check_tune_config(cfg) -> None:
     if cfg.tune.trainable not in TRAINABLES:
         raise ConfigError(f"tune.trainable='{cfg.tune.trainable}'; expected one of {list(TRAINABLES)}")
-    if cfg.tune.trainable == "ray":
-        raise ConfigError("tune.trainable='ray' needs the Ray Train trainer (trainer=ray); use tune.trainable=local")
     if not cfg.data.validation:
         raise ConfigError("data.validation is empty; a sweep selects on validation families, so name at least one")
     if cfg.tune.scheduler not in ("asha", "fifo"):
@@ -72,9 +88,9 @@ def sweep_path(cfg) -> str:
 def _tuner(cfg, budget: int, param_space: dict, base: dict, storage_path: str) -> tune.Tuner:
     """One Tuner per budget: ASHA compares trials of the same budget only, and every budget
     keeps its own best trial (more labels always help, so budgets must not compete)."""
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base), {"cpu": cfg.tune.cpus_per_trial}
-    )
+    # A Ray Train trial's driver only waits on its TorchTrainer, whose workers hold the CPUs.
+    cpus = TRIAL_DRIVER_CPUS if cfg.tune.trainable == "ray" else cfg.tune.cpus_per_trial
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base), {"cpu": cpus})
     name = f"{cfg.tune.name}/budget_{budget}"
     path = os.path.join(storage_path, name)
     if tune.Tuner.can_restore(path):  # an interrupted sweep continues where it stopped
@@ -115,7 +131,8 @@ def run_sweep(cfg) -> list:
 def tune_command(cfg) -> None:
     from metaad_dist.tune.results import trial_rows, write_outputs
 
-    rows = [row for grid in run_sweep(cfg) for row in trial_rows(grid, cfg.meta.episodes)]
+    rows = [row for budget, grid in zip(cfg.tune.budgets, run_sweep(cfg))
+            for row in trial_rows(grid, cfg.meta.episodes, budget)]
     out = write_outputs(rows, cfg, Path(sweep_path(cfg)) / cfg.tune.name / "report")
     print(f"{len(rows)} trials; validation AUROC by budget (best completed trial):")
     for budget, row in sorted(out["best"].items()):
