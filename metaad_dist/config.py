@@ -117,7 +117,7 @@ class MetaConfig:
     outer_class_ce_weight: float = 0.0
     inner_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     outer_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.0)
+        default_factory=lambda: OptimizerConfig(name="adamw", lr=3e-4, weight_decay=0.0)
     )
     warmup_episodes: int = 0  # inner loop only for the first episodes
 

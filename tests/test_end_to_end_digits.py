@@ -20,5 +20,6 @@ def test_mean_held_out_auroc_over_three_seeds(compose, tmp_path):
     print("mean held-out AUROC over seeds", SEEDS, mean)
     assert mean["metaad"] >= AUROC_FLOOR
     assert mean["metaad"] > mean["isolation_forest"]
+    assert mean["metaad"] > mean["inner_only"]  # the outer loop must add to the inner loop alone
     for r in results:  # per-family metrics are reported for every held-out family
         assert {"8", "9"} <= set(r["metaad"])
