@@ -185,6 +185,28 @@ class EvalConfig:
 
 
 @dataclass
+class SamplerConfig:
+    """Ray sampler actors: episodes streamed from a prepared dataset's shards (METHOD.md section 6).
+
+    Each actor keeps a bounded buffer per normal family, refilled from Parquet row groups, and
+    builds whole episodes; a family with at most `buffer_rows` training rows is held whole by
+    every actor (then episodes equal the in-memory EpisodeSampler's). Episodes are a pure
+    function of (seed, episode index) for given values of these settings and the data layout.
+    """
+
+    num_actors: int = 2
+    buffer_rows: int = 65536  # training rows per normal family held by each actor
+    refill_fraction: float = 0.25  # share of a buffer replaced by the next streamed rows per refill
+    # About how often a streamed row is drawn before it leaves the buffer: sets the refill period.
+    reuse: float = 4.0
+    batch_rows: int = 16384  # rows decoded per Parquet read batch (bounds the memory of a read)
+    prefetch: int = 128  # episodes requested ahead of the one being consumed
+    episodes_per_call: int = 32  # episodes one actor call builds (amortises the call overhead)
+    max_restarts: int = 3  # a crashed actor is restarted and rebuilds its buffers
+    actor_cpus: float = 0.0  # CPUs reserved per actor; 0 shares the cores with training workers
+
+
+@dataclass
 class SearchParam:
     """One dimension of a sweep: a dotted config key and how to draw its value."""
 
@@ -222,6 +244,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
     run: Optional[str] = None  # run name under storage.root; default <data.name>-seed<seed>
     output: Optional[str] = None  # prepare: destination folder; score: output file

@@ -54,30 +54,40 @@ def _rows_of(table: FamilyTable, family: str, split: str | None) -> FamilyTable:
     return sub.select(np.argsort(sub.row_ids, kind="stable"))
 
 
+def split_normal_positions(
+    n: int, family: str, data: DataConfig, seed: int, official_test: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted (train, val, test) positions among a normal family's `n` pool rows in row-id order.
+
+    The pool is every row of the family, or its official train rows when the source has an
+    official test split (then no test share is carved out). Needs row counts only, so a reader
+    that sees just the row-id column (the sampler actors) splits exactly as the views do.
+    """
+    order = _family_rng(seed, 1, family).permutation(n)
+    n_val = int(round(data.val_fraction * n))
+    n_test = 0 if official_test else int(round(data.test_fraction * n))
+    val_idx, test_idx, train_idx = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+
+
+def budget_positions(n: int, family: str, budget: int, seed: int) -> np.ndarray:
+    """Sorted positions of a meta family's budget pool among its `n` train rows in row-id order."""
+    take = min(budget, n)
+    return np.sort(_family_rng(seed, 2, family).choice(n, size=take, replace=False))
+
+
 def _split_normal(table: FamilyTable, family: str, data: DataConfig, seed: int):
     """(train, val, test) rows of one normal family; official test rows stay test rows."""
-    if table.split is not None and (table.split == "test").any():
-        pool = _rows_of(table, family, "train")
-        test = _rows_of(table, family, "test")
-        val_share = data.val_fraction
-    else:
-        pool = _rows_of(table, family, None)
-        test = None
-        val_share = data.val_fraction
-    order = _family_rng(seed, 1, family).permutation(len(pool))
-    n_val = int(round(val_share * len(pool)))
-    n_test = 0 if test is not None else int(round(data.test_fraction * len(pool)))
-    val_idx, test_idx, train_idx = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
-    if test is None:
-        test = pool.select(np.sort(test_idx))
-    return pool.select(np.sort(train_idx)), pool.select(np.sort(val_idx)), test
+    official = table.split is not None and (table.split == "test").any()
+    pool = _rows_of(table, family, "train" if official else None)
+    train_idx, val_idx, test_idx = split_normal_positions(len(pool), family, data, seed, bool(official))
+    test = _rows_of(table, family, "test") if official else pool.select(test_idx)
+    return pool.select(train_idx), pool.select(val_idx), test
 
 
 def _budget_pool(table: FamilyTable, family: str, budget: int, seed: int) -> FamilyTable:
     rows = _rows_of(table, family, "train")
-    take = min(budget, len(rows))
-    chosen = _family_rng(seed, 2, family).choice(len(rows), size=take, replace=False)
-    return rows.select(np.sort(chosen))
+    return rows.select(budget_positions(len(rows), family, budget, seed))
 
 
 def check_meta_config(meta: MetaConfig) -> None:

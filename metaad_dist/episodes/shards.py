@@ -1,0 +1,386 @@
+"""Row-group I/O for the sampler actors: the plan (who reads what) and the streaming reader.
+
+`build_plan` reads the row-id column (and split column) of the normal families to place their
+seed-split training rows (data/views.py, same functions) in row groups, and the budget rows of
+the meta families (the only meta rows ever kept). `ShardReader` streams a unit (row group) of a
+normal family in batches, keeps its training rows, scales them with the run's FeatureScaler
+and labels them with the run's ClassLabeler. Validation and held-out families are never opened.
+
+Both count, per family, what they touch (`COUNTERS`), so "zero reads of held-out families" and
+"only budget rows of meta families" are checkable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metaad_dist.config import DataConfig, MetaConfig, SamplerConfig, StorageConfig
+from metaad_dist.data.manifest import ROW_ID, SPLIT, family_shards
+from metaad_dist.data.prepared import PreparedSource
+from metaad_dist.data.roles import FamilyRoles
+from metaad_dist.data.scaling import FeatureScaler
+from metaad_dist.data.storage import open_location, storage_errors
+from metaad_dist.data.views import budget_positions, check_meta_config, split_normal_positions
+from metaad_dist.episodes.buffered import (
+    FamilyLayout,
+    IdSet,
+    Rows,
+    SamplerPlan,
+    assign_units,
+    refill_period,
+)
+from metaad_dist.errors import ConfigError, DataError
+from metaad_dist.meta.labels import ClassLabeler
+
+# files_opened: shard footers read; row_groups_read: row groups touched; id_rows_read: row ids
+# read (row-id column only); rows_read: rows whose features were decoded; rows_kept: rows handed
+# on to a buffer or budget pool; bytes_read: compressed bytes of the column chunks fetched.
+COUNTERS = ("files_opened", "row_groups_read", "id_rows_read", "rows_read", "rows_kept", "bytes_read")
+
+
+def new_counters() -> dict[str, dict[str, int]]:
+    return defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+
+
+def add_counters(total: dict, part: dict) -> dict:
+    for family, counts in part.items():
+        mine = total.setdefault(family, dict.fromkeys(COUNTERS, 0))
+        for key, value in counts.items():
+            mine[key] = mine.get(key, 0) + int(value)
+    return total
+
+
+class _Files:
+    """Parquet files of one dataset (footers cached) and the per-family counters.
+
+    Each read opens its file afresh with the cached footer: a pre-buffering reader keeps the
+    bytes of the last row group it read, so readers held open per shard would grow with the
+    number of shards an actor touches (that is, with the dataset).
+    """
+
+    def __init__(self, uri: str, storage: StorageConfig, paths: list[str]):
+        self.location = open_location(uri, storage, create_bucket=False)
+        self.uri = uri
+        self.paths = paths
+        self.footers: dict[int, pq.FileMetaData] = {}
+        self.counters = new_counters()
+
+    def file(self, family: str, shard: int) -> pq.ParquetFile:
+        footer = self.footers.get(shard)
+        try:
+            with storage_errors(self.uri):
+                handle = self.location.fs.open_input_file(self.paths[shard])
+                pf = pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
+        except FileNotFoundError:
+            raise DataError(
+                f"{self.uri}: shard {self.paths[shard]} of family '{family}' is missing; the dataset is damaged, "
+                "re-run metaad prepare"
+            ) from None
+        if footer is None:
+            self.footers[shard] = pf.metadata
+            self.counters[family]["files_opened"] += 1
+        return pf
+
+    def chunk_bytes(self, pf: pq.ParquetFile, row_group: int, columns: list[str]) -> int:
+        meta = pf.metadata.row_group(row_group)
+        wanted = set(columns)
+        return sum(meta.column(i).total_compressed_size for i in range(meta.num_columns)
+                   if meta.column(i).path_in_schema in wanted)
+
+    def read_ids(self, family: str, shard: int, row_group: int, with_split: bool):
+        pf = self.file(family, shard)
+        columns = [ROW_ID] + ([SPLIT] if with_split else [])
+        with storage_errors(self.uri):
+            table = pf.read_row_group(row_group, columns=columns, use_threads=False)
+        c = self.counters[family]
+        c["row_groups_read"] += 1
+        c["id_rows_read"] += table.num_rows
+        c["bytes_read"] += self.chunk_bytes(pf, row_group, columns)
+        ids = table.column(ROW_ID).to_numpy()
+        split = table.column(SPLIT).to_numpy(zero_copy_only=False).astype(str) if with_split else None
+        return ids, split
+
+
+def features_of(batch: pa.RecordBatch, first: int, keep: Optional[np.ndarray]) -> np.ndarray:
+    """Float32 row-major features from columns [first:] of a batch, rows where `keep`."""
+    columns = [batch.column(j).to_numpy() for j in range(first, batch.num_columns)]
+    if not columns:
+        return np.zeros((int(keep.sum()) if keep is not None else batch.num_rows, 0), dtype=np.float32)
+    x = np.stack(columns, axis=1).astype(np.float32, copy=False)  # one row-major pass, then one row filter
+    return x if keep is None else x[keep]
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def _check_sampler(s: SamplerConfig) -> None:
+    for key in ("num_actors", "buffer_rows", "batch_rows", "prefetch", "episodes_per_call"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"sampler.{key}={getattr(s, key)}; expected a positive integer")
+    if not 0.0 < s.refill_fraction <= 1.0:
+        raise ConfigError(f"sampler.refill_fraction={s.refill_fraction}; expected a value in (0, 1]")
+    if s.reuse <= 0:
+        raise ConfigError(f"sampler.reuse={s.reuse}; expected a positive number")
+    if s.max_restarts < -1:
+        raise ConfigError(f"sampler.max_restarts={s.max_restarts}; expected -1 (unlimited) or >= 0")
+    if s.actor_cpus < 0:
+        raise ConfigError(f"sampler.actor_cpus={s.actor_cpus}; expected >= 0")
+
+
+def _units(source: PreparedSource, files: _Files, family: str) -> list[tuple[int, int, int]]:
+    """(shard index, row group, rows) of every row group of a family, in shard order."""
+    index = {s["path"]: i for i, s in enumerate(source.manifest["shards"])}
+    out = []
+    for shard in family_shards(source.manifest, family):
+        i = index[shard["path"]]
+        pf = files.file(family, i)
+        for rg in range(pf.metadata.num_row_groups):
+            out.append((i, rg, pf.metadata.row_group(rg).num_rows))
+    return out
+
+
+def _normal_layout(source, files, family: str, index: int, offset: int, data: DataConfig, seed: int,
+                   official: bool) -> FamilyLayout:
+    units = _units(source, files, family)
+    ids_per_unit, pool_per_unit = [], []
+    for shard, rg, _ in units:
+        ids, split = files.read_ids(family, shard, rg, source.has_split)
+        ids_per_unit.append(ids)
+        pool_per_unit.append(split == "train" if official else None)
+    ids = np.concatenate(ids_per_unit) if ids_per_unit else np.zeros(0, dtype=np.int64)
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        raise DataError(
+            f"{source.uri}: rows of family '{family}' are not in row-id order across its shards; re-run metaad prepare"
+        )
+    pool_ids = ids[np.concatenate(pool_per_unit)] if official and len(ids) else ids
+    train_pos = split_normal_positions(len(pool_ids), family, data, seed, official)[0]
+    train_ids = pool_ids[train_pos]
+    lo = int(ids[0]) if len(ids) else 0
+    hi = int(ids[-1]) if len(ids) else -1
+    firsts = np.array([u[0] if len(u) else 0 for u in ids_per_unit], dtype=np.int64)
+    lasts = np.array([u[-1] if len(u) else -1 for u in ids_per_unit], dtype=np.int64)
+    eligible = np.searchsorted(train_ids, lasts, side="right") - np.searchsorted(train_ids, firsts, side="left")
+    eligible = np.where([len(u) > 0 for u in ids_per_unit], eligible, 0).astype(np.int64)
+    first_position = offset + np.concatenate([[0], np.cumsum(eligible)[:-1]]).astype(np.int64)
+    return FamilyLayout(
+        name=family,
+        index=index,
+        shard=np.array([u[0] for u in units], dtype=np.int64),
+        row_group=np.array([u[1] for u in units], dtype=np.int64),
+        rows=np.array([u[2] for u in units], dtype=np.int64),
+        eligible=eligible,
+        first_position=first_position,
+        training_ids=IdSet.from_ids(train_ids, lo, hi),
+    )
+
+
+def _row_group_range(pf: pq.ParquetFile, row_group: int) -> Optional[tuple[int, int]]:
+    """(min, max) row id of a row group from its statistics, None when it has none."""
+    meta = pf.metadata.row_group(row_group)
+    for i in range(meta.num_columns):
+        col = meta.column(i)
+        if col.path_in_schema == ROW_ID:
+            stats = col.statistics
+            if stats is not None and stats.has_min_max:
+                return int(stats.min), int(stats.max)
+    return None
+
+
+def _budget_pool(source, files, family: str, given: Optional[np.ndarray], budget: int, seed: int,
+                 scaler: FeatureScaler) -> tuple[np.ndarray, np.ndarray]:
+    """(scaled features, row ids) of a meta family's budget pool, reading only row groups that hold it."""
+    units = _units(source, files, family)
+    if given is None:  # draw it as the training view does: from the family's train rows
+        ids = []
+        for shard, rg, _ in units:
+            unit_ids, split = files.read_ids(family, shard, rg, source.has_split)
+            ids.append(unit_ids[split == "train"] if split is not None else unit_ids)
+        train = np.sort(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+        wanted = train[budget_positions(len(train), family, budget, seed)]
+    else:
+        wanted = np.unique(np.asarray(given, dtype=np.int64))
+    columns = [ROW_ID] + source.feature_names
+    found_x, found_ids = [], []
+    for shard, rg, _ in units:
+        pf = files.file(family, shard)
+        bounds = _row_group_range(pf, rg)
+        if bounds is not None and not ((wanted >= bounds[0]) & (wanted <= bounds[1])).any():
+            continue  # statistics say no budget row lies here: never fetched
+        with storage_errors(files.uri):
+            table = pf.read_row_group(rg, columns=columns, use_threads=False)
+        c = files.counters[family]
+        c["row_groups_read"] += 1
+        c["rows_read"] += table.num_rows
+        c["bytes_read"] += files.chunk_bytes(pf, rg, columns)
+        for batch in table.to_batches():
+            ids = batch.column(0).to_numpy()
+            keep = np.isin(ids, wanted)
+            if keep.any():
+                found_ids.append(ids[keep])
+                found_x.append(features_of(batch, 1, keep))
+                c["rows_kept"] += int(keep.sum())
+    ids = np.concatenate(found_ids) if found_ids else np.zeros(0, dtype=np.int64)
+    if len(ids) != len(wanted):
+        missing = np.setdiff1d(wanted, ids)[:3].tolist()
+        raise DataError(f"budget row ids {missing} are not rows of family '{family}' in {source.uri}")
+    x = np.concatenate(found_x) if found_x else np.zeros((0, len(source.feature_names)), dtype=np.float32)
+    order = np.argsort(ids, kind="stable")
+    return scaler.transform(x[order]), ids[order]
+
+
+def _fingerprint(parts: dict[str, Any]) -> str:
+    def plain(v):
+        if hasattr(v, "numpy"):
+            v = v.numpy()
+        if isinstance(v, np.ndarray):
+            return hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in sorted(v.items())}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return hashlib.sha256(json.dumps(plain(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_plan(
+    path: str,
+    storage: StorageConfig,
+    data: DataConfig,
+    meta: MetaConfig,
+    sampler: SamplerConfig,
+    seed: int,
+    scaler_state: dict,
+    labeler_state: dict,
+    budget_row_ids: Optional[dict[str, np.ndarray]] = None,
+) -> tuple[SamplerPlan, dict]:
+    """The plan of a sampler pool and the counters of what building it read."""
+    check_meta_config(meta)
+    _check_sampler(sampler)
+    source = PreparedSource(path, storage)
+    roles = FamilyRoles.from_config(data, source.family_names())
+    manifest = source.manifest
+    paths = [source.location.path(manifest["shard_root"], s["path"]) for s in manifest["shards"]]
+    files = _Files(source.uri, storage, paths)
+    scaler = FeatureScaler.from_state_dict(scaler_state)
+    labeler = ClassLabeler.from_state_dict(labeler_state)
+    if labeler.num_normal_families != len(roles.normal):
+        raise ConfigError(
+            f"data.normal has {len(roles.normal)} families but the labeler was fitted for "
+            f"{labeler.num_normal_families}; pass the run's ClassLabeler"
+        )
+    official = source.has_split and any(
+        int(manifest["families"][f].get("test_rows", 0)) > 0 for f in roles.trainable
+    )
+    layouts, offset = [], 0
+    for i, family in enumerate(roles.normal):
+        layout = _normal_layout(source, files, family, i, offset, data, seed, official)
+        layouts.append(layout)
+        offset += layout.training_rows
+    budget_x, budget_ids = {}, {}
+    given = budget_row_ids or {}
+    unknown = sorted(set(given) - set(roles.meta))
+    if unknown:
+        raise ConfigError(f"budget_row_ids: family '{unknown[0]}' is not in data.meta {list(roles.meta)}")
+    for family in roles.meta:
+        budget_x[family], budget_ids[family] = _budget_pool(
+            source, files, family, given.get(family) if budget_row_ids is not None else None,
+            meta.budget, seed, scaler)
+        if len(budget_ids[family]) == 0:
+            raise ConfigError(f"data.meta: family '{family}' has no training rows to draw shots from")
+    refill = max(1, int(round(sampler.refill_fraction * sampler.buffer_rows)))
+    owned_by_family = [assign_units(layout, sampler.num_actors, sampler.buffer_rows, seed) for layout in layouts]
+    owned = [[owned_by_family[f][a] for f in range(len(layouts))] for a in range(sampler.num_actors)]
+    _check_candidates(layouts, owned, meta, sampler)
+    plan = SamplerPlan(
+        seed=seed,
+        meta=meta,
+        num_actors=sampler.num_actors,
+        buffer_rows=sampler.buffer_rows,
+        refill_rows=refill,
+        refill_period=refill_period(meta, refill, sampler.num_actors, sampler.reuse),
+        normal=layouts,
+        budget_x=budget_x,
+        budget_row_ids=budget_ids,
+        owned=owned,
+        uri=source.uri,
+        storage=storage,
+        shard_paths=paths,
+        feature_names=list(source.feature_names),
+        scaler_state=scaler_state,
+        labeler_state=labeler_state,
+        batch_rows=sampler.batch_rows,
+        families=source.family_names(),
+    )
+    plan.fingerprint = _fingerprint({
+        "seed": seed, "dataset": [source.uri, manifest["shard_root"]], "roles": [roles.normal, roles.meta],
+        "split": [data.val_fraction, data.test_fraction],
+        "meta": [meta.n_support, meta.n_query, meta.k_shot, meta.budget, meta.normal_per_episode,
+                 meta.meta_per_episode],
+        "sampler": [sampler.num_actors, sampler.buffer_rows, sampler.refill_fraction, sampler.reuse],
+        "budget": budget_ids, "scaler": scaler_state, "labeler": labeler_state,
+    })
+    return plan, {f: dict(c) for f, c in files.counters.items()}
+
+
+def _check_candidates(layouts, owned, meta: MetaConfig, sampler: SamplerConfig) -> None:
+    from metaad_dist.episodes.schedule import cyclic_groups
+
+    need = meta.n_support + meta.n_query
+    for subset in cyclic_groups(range(len(layouts)), meta.normal_per_episode):
+        for actor, units in enumerate(owned):
+            have = sum(min(int(layouts[f].eligible[units[f]].sum()), sampler.buffer_rows) for f in subset)
+            if have < need:
+                names = [layouts[f].name for f in subset]
+                raise ConfigError(
+                    f"meta.n_support + meta.n_query = {need} but sampler actor {actor} holds {have} training rows "
+                    f"of normal families {names} (sampler.buffer_rows={sampler.buffer_rows}, "
+                    f"sampler.num_actors={sampler.num_actors}); raise sampler.buffer_rows or lower the others"
+                )
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class ShardReader:
+    """Streams units of normal families for one actor: training rows only, scaled and labelled."""
+
+    def __init__(self, plan: SamplerPlan):
+        self.plan = plan
+        self.files = _Files(plan.uri, plan.storage, plan.shard_paths)
+        self.scaler = FeatureScaler.from_state_dict(plan.scaler_state)
+        self.labeler = ClassLabeler.from_state_dict(plan.labeler_state)
+        self.columns = [ROW_ID] + list(plan.feature_names)
+
+    @property
+    def counters(self) -> dict:
+        return {f: dict(c) for f, c in self.files.counters.items()}
+
+    def read_unit(self, layout: FamilyLayout, unit: int) -> Iterator[Rows]:
+        shard, rg = int(layout.shard[unit]), int(layout.row_group[unit])
+        pf = self.files.file(layout.name, shard)
+        c = self.files.counters[layout.name]
+        c["row_groups_read"] += 1
+        c["bytes_read"] += self.files.chunk_bytes(pf, rg, self.columns)
+        position = int(layout.first_position[unit])
+        with storage_errors(self.files.uri):
+            batches = pf.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg], columns=self.columns,
+                                      use_threads=False)
+            for batch in batches:
+                ids = batch.column(0).to_numpy()
+                keep = layout.training_ids.contains(ids)
+                c["rows_read"] += batch.num_rows
+                k = int(keep.sum())
+                if not k:
+                    continue
+                x = self.scaler.transform(features_of(batch, 1, keep))
+                y = self.labeler.predict(x, np.full(k, layout.index, dtype=np.int64))
+                c["rows_kept"] += k
+                yield x, y, np.arange(position, position + k, dtype=np.int64)
+                position += k
