@@ -190,6 +190,7 @@ class FamilyBuffer:
             if not self.loaded:
                 self._fill(0, self.cycle)
                 self.lo, self.hi, self.loaded = 0, self.cycle, True
+                self._cursor = self._pending = None  # never read again: let the reader go
             return
         start = generation * self.refill_rows
         end = start + self.window
@@ -338,8 +339,9 @@ class EpisodeBlock:
 
     Ray copies each array of a returned object into shared memory once and hands the caller
     read-only views in place; a few large arrays cost far less per episode than the ~25 small
-    ones of each Episode (measured here: ~4x less actor time per episode). `episode(k)` rebuilds
-    an Episode whose arrays are views into the block (no copy).
+    ones of each Episode (putting blocks of 8 episodes of 512 + 95 rows x 32 features took ~360 us
+    per episode as Episode objects, ~100 us packed, here). `episodes()` rebuilds Episodes whose
+    arrays are views into the block (no copy).
     """
 
     indices: list[int]
