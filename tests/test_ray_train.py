@@ -248,3 +248,16 @@ def test_checkpoint_state_round_trip_and_corruption(tmp_path):
 
 def test_crossed_counts_multiples_inside_a_step():
     assert crossed(0, 2, 2) and not crossed(2, 3, 4) and crossed(3, 5, 4) and not crossed(0, 8, 0)
+
+
+def test_sampler_actors_give_the_same_training(uninterrupted, compose, tmp_path):
+    """trainer.sampler=actors: each worker streams its episodes from a SamplerPool over the
+    prepared digits; the episodes (hence the parameters) equal the in-memory sampler's."""
+    _, expected = uninterrupted
+    prepared = tmp_path / "prepared-digits"
+    assert main(["prepare", "data=digits", f"output={prepared}", "quiet=true"]) == 0
+    cfg = compose(*SMALL, f"storage.root={tmp_path / 'runs'}", "run=pooled", f"data.path={prepared}",
+                  "trainer.sampler=actors")
+    result = train_ray(cfg)
+    assert result.metrics["trainer"]["episodes_trained"] == EPISODES
+    assert max_difference(trained_state(cfg), expected) < TOLERANCE

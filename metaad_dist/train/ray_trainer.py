@@ -77,13 +77,10 @@ def open_episode_source(cfg, setup, num_workers: int) -> EpisodeSource:
     if cfg.trainer.sampler == "memory":
         # A pure function of (seed, index): its whole state is the episode counter.
         return setup.sampler
-    try:
-        from metaad_dist.episodes.actors import SamplerPool
-    except ImportError:
-        raise ConfigError(
-            "trainer.sampler='actors' needs the Ray sampler pool (metaad_dist/episodes/actors.py), "
-            "which this checkout does not have; use trainer.sampler=memory"
-        ) from None
+    from metaad_dist.episodes.actors import SamplerPool
+
+    # Each worker's pool streams a prepared dataset (sampler.* settings); its episodes equal the
+    # in-memory sampler's when every normal family fits sampler.buffer_rows.
     pool = SamplerPool.from_training_setup(cfg, setup)
     pool.expect_stride(num_workers)  # this worker takes every num_workers-th episode
     return pool
@@ -209,7 +206,7 @@ def train_worker(config: dict) -> None:
     first_step = step
     fault = fault_plan(config.get("fault"))
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     window, totals = Window(), {"sampler_wait_s": 0.0, "report_s": 0.0}
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes")
     pending = prefetch.submit(source.episode, step * world + rank) if step < steps else None
@@ -272,7 +269,7 @@ def train_worker(config: dict) -> None:
     if source is not setup.sampler and hasattr(source, "shutdown"):
         source.shutdown()
 
-    totals.update(loop_s=time.perf_counter() - start, allreduce_s=averager.seconds)
+    totals.update(loop_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start, allreduce_s=averager.seconds)
     if world > 1:
         totals = mean_over_workers(totals, device)
     if rank == 0:
@@ -311,6 +308,8 @@ def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> 
         "episodes_trained": steps * world,
         "resumed_at_episode": first_step * world,
         "loop_seconds": loop,
+        # CPU time of the worker processes (all their threads) per episode: insensitive to other load.
+        "cpu_ms_per_episode": 1000 * totals["cpu_s"] * world / trained if trained else None,
         "loop_episodes_per_s": trained / loop if trained else None,
         "sampler_wait_fraction": share("sampler_wait_s"),
         # Gradient all-reduces, waiting for the slowest worker included.
