@@ -34,6 +34,7 @@ import numpy as np
 
 from metaad_dist.config import MetaConfig
 from metaad_dist.episodes.episode import Episode
+from metaad_dist.episodes.sampler import draw_shots
 from metaad_dist.episodes.schedule import multidirectional_schedule
 from metaad_dist.errors import DataError
 
@@ -297,13 +298,7 @@ class BufferedEpisodeSampler:
         drawn = rng.choice(sum(sizes), cfg.n_support + cfg.n_query, replace=False)
         slots = self._slots(families, sizes, drawn)
         x, y, pos = self.x[slots], self.y[slots], self.pos[slots]
-        shot_rows, shots, shot_family = {}, [], []
-        for j, family in enumerate(meta_group):
-            pool = plan.budget_x[family]
-            rows = rng.choice(len(pool), min(cfg.k_shot, len(pool)), replace=False)
-            shot_rows[family] = rows
-            shots.append(pool[rows])
-            shot_family.append(np.full(len(rows), j, dtype=np.int64))
+        shot_rows, shots_x, shots_family = draw_shots(rng, plan.budget_x, meta_group, cfg.k_shot)
         s = cfg.n_support
         return Episode(
             index=index,
@@ -316,8 +311,8 @@ class BufferedEpisodeSampler:
             support_y=y[:s],
             query_x=x[s:],
             query_y=y[s:],
-            shots_x=np.concatenate(shots),
-            shots_family=np.concatenate(shot_family),
+            shots_x=shots_x,
+            shots_family=shots_family,
         )
 
     def _slots(self, families: list[int], sizes: list[int], drawn: np.ndarray) -> np.ndarray:

@@ -13,6 +13,19 @@ from metaad_dist.episodes.schedule import multidirectional_schedule
 from metaad_dist.errors import ConfigError
 
 
+def draw_shots(rng: np.random.Generator, budget_x: dict[str, np.ndarray], meta_group, k_shot: int):
+    """k_shot rows of each family in `meta_group`, only from its budget pool; the draws every
+    sampler makes in the same order, so the in-memory and actor samplers agree."""
+    shot_rows, shots, shot_family = {}, [], []
+    for j, family in enumerate(meta_group):
+        pool = budget_x[family]
+        rows = rng.choice(len(pool), min(k_shot, len(pool)), replace=False)
+        shot_rows[family] = rows
+        shots.append(pool[rows])
+        shot_family.append(np.full(len(rows), j, dtype=np.int64))
+    return shot_rows, np.concatenate(shots), np.concatenate(shot_family)
+
+
 class EpisodeSampler:
     def __init__(
         self,
@@ -50,13 +63,7 @@ class EpisodeSampler:
         candidates = self._rows_by_subset[normal_subset]
         drawn = candidates[rng.choice(len(candidates), cfg.n_support + cfg.n_query, replace=False)]
         support, query = drawn[: cfg.n_support], drawn[cfg.n_support:]
-        shot_rows, shots, shot_family = {}, [], []
-        for j, family in enumerate(meta_group):
-            pool = self.budget_x[family]
-            rows = rng.choice(len(pool), min(cfg.k_shot, len(pool)), replace=False)
-            shot_rows[family] = rows
-            shots.append(pool[rows])
-            shot_family.append(np.full(len(rows), j, dtype=np.int64))
+        shot_rows, shots_x, shots_family = draw_shots(rng, self.budget_x, meta_group, cfg.k_shot)
         return Episode(
             index=index,
             normal_families=normal_subset,
@@ -68,6 +75,6 @@ class EpisodeSampler:
             support_y=self.normal_labels[support],
             query_x=self.normal_x[query],
             query_y=self.normal_labels[query],
-            shots_x=np.concatenate(shots),
-            shots_family=np.concatenate(shot_family),
+            shots_x=shots_x,
+            shots_family=shots_family,
         )
