@@ -191,9 +191,10 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     except OSError:
-        return "unknown"
+        out = ""
+    return out.strip() or "unknown"
 
 
 def fit_method(name: str, cfg, setup):
