@@ -5,9 +5,13 @@ van den Hengel, "Deep Learning for Anomaly Detection: A Review", ACM Computing S
 section on weakly-supervised detection; Ruff et al., ICLR 2020, use the same baseline).
 The network is the method's own encoder (``model.hidden_dims``, ``model.embed_dim``,
 ``model.dropout``; ReLU after every layer) with a linear output unit, so any gain of the method
-over it comes from the training signal, not the architecture. Class balance: every mini-batch
-is half normal, half anomaly in expectation, which has the same expected loss as weighting each
-class by 1/n_class over uniform batches and a lower variance with a few labelled rows.
+over it comes from the training signal, not the architecture. Class balance: the anomaly term of
+the binary cross-entropy is weighted by n_normal / n_anomaly, so both classes carry the same
+total weight, over ordinary shuffled epochs (every row once per epoch).
+
+Measured here (NSL-KDD, quantile scaler, 10 shots, 3 seeds): drawing half-anomaly mini-batches
+instead, which has the same expected loss, over-fits the few labelled rows and drops held-out
+AUROC from 0.89 to 0.72; the weighted loss matches the peer anchor (0.88, ANCHORS.md).
 Score: the logit of P(anomaly | x).
 """
 from __future__ import annotations
@@ -20,8 +24,8 @@ from torch import nn
 
 from metaad_dist.config import EvalConfig, ModelConfig
 from metaad_dist.eval.baselines.training import (
-    Anomalies, Scorer, adam, as_rows, balanced_batch, batched, check_net_settings, device_or_cpu,
-    seeded, stack_anomalies, steps_per_epoch,
+    Anomalies, Scorer, adam, as_rows, batched, check_net_settings, device_or_cpu, seeded,
+    stack_anomalies, steps_per_epoch,
 )
 from metaad_dist.model.networks import mlp
 
@@ -46,17 +50,17 @@ def fit_supervised_mlp(
     anomalies = stack_anomalies(anomaly_x, normal.shape[1])
     rng = seeded(seed)
     net = supervised_network(normal.shape[1], model).to(device)
-    normal_t = torch.as_tensor(normal, device=device)
-    anomaly_t = torch.as_tensor(anomalies, device=device)
+    rows = torch.as_tensor(np.concatenate([normal, anomalies]), device=device)
+    labels = torch.cat([torch.zeros(len(normal)), torch.ones(len(anomalies))]).to(device)
     optimizer = adam(net.parameters(), settings)
-    bce = nn.BCEWithLogitsLoss()
+    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(len(normal) / len(anomalies), device=device))
+    batch = settings.net_batch_size
     net.train()
     for _ in range(settings.net_epochs):
-        for _ in range(steps_per_epoch(len(normal) + len(anomalies), settings)):
-            ni, ai = balanced_batch(rng, len(normal), len(anomalies), settings.net_batch_size)
-            x = torch.cat([normal_t[ni], anomaly_t[ai]])
-            y = torch.cat([torch.zeros(len(ni)), torch.ones(len(ai))]).to(device)
-            loss = bce(net(x).squeeze(1), y)
+        order = rng.permutation(len(rows))
+        for step in range(steps_per_epoch(len(rows), settings)):
+            idx = torch.as_tensor(order[step * batch:(step + 1) * batch], device=device)
+            loss = bce(net(rows[idx]).squeeze(1), labels[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
