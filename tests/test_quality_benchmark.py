@@ -67,3 +67,24 @@ def test_user_mistakes_are_one_line_errors(quality, tmp_path, capsys):
 
 def test_family_names_are_quoted_for_hydra(quality):
     assert quality.family_list(["DoS", "it's"]) == "['DoS','it\\'s']"
+
+
+DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATASETS / "nsl_kdd").is_dir(), reason="raw NSL-KDD / UNSW-NB15 files not present")
+def test_real_datasets_follow_the_protocol(quality, tmp_path):
+    """Prepared on the fly; test rows = NSL-KDD's official KDDTest+ (normals + the held-out
+    category), UNSW-NB15's 20% test normals + every row of the held-out family."""
+    args = [
+        "--quick", "--datasets", "nsl_kdd", "unsw_nb15", "--folds", "U2R", "Worms", "--seeds", "1",
+        "--budgets", "5", "--methods", "isolation_forest", "--data-root", str(tmp_path / "prepared"),
+        "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+    ]
+    assert quality.main(args) == 0
+    summary = json.loads((tmp_path / "out" / "quality.json").read_text())["summary"]
+    assert set(summary) == {"nsl_kdd", "unsw_nb15"}
+    cells = {r["dataset"]: r for r in map(json.loads, (p.read_text() for p in (tmp_path / "cache").rglob("*.json")))}
+    assert (cells["nsl_kdd"]["n_normal"], cells["nsl_kdd"]["n_anomaly"]) == (9711, 67)  # KDDTest+ normal, U2R
+    assert (cells["unsw_nb15"]["n_normal"], cells["unsw_nb15"]["n_anomaly"]) == (7400, 44)  # 20% of 37,000; Worms
