@@ -74,12 +74,22 @@ class ModelConfig:
     # prototype: distance logits + background logit (distance-aware) | linear: plain linear head
     head: str = "prototype"
     background_init: float = -2.0
+    # The background logit: hidden sizes of its MLP ([] = linear b + w.z), and whether it reads
+    # the input row instead of the embedding (prototype head only).
+    background_hidden: list[int] = field(default_factory=lambda: [100, 50])
+    background_reads_input: bool = True
     # K for a single normal family: k-means pseudo-classes of the training normal rows.
     pseudo_classes: int = 16
     temperature_init: float = 1.0
     temperature_min: float = 0.3
     temperature_max: float = 1.05
     score: str = "msp"  # msp: 1 - max softmax | energy: -T logsumexp(logits / T)
+    # Normal memory (model/memory.py): training normal rows kept for a kNN density term that is
+    # fused with the network score, calibrated on validation normal rows. 0 rows switches it off.
+    memory_rows: int = 16384
+    memory_k: int = 5
+    memory_weight: float = 1.0  # weight of the kNN evidence against the network's
+    memory_calibration_rows: int = 10000
 
 
 @dataclass
@@ -117,7 +127,7 @@ class MetaConfig:
     outer_class_ce_weight: float = 0.0
     inner_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     outer_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="adamw", lr=3e-4, weight_decay=0.0)
+        default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.0)
     )
     warmup_episodes: int = 0  # inner loop only for the first episodes
 

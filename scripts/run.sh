@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 . "${METAAD_VENV:-.venv}/bin/activate"
-metaad train data=digits run=digits-demo "$@"
+metaad train data=digits model=mlp_image run=digits-demo "$@"
 metaad evaluate data=digits run=digits-demo

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from metaad_dist.config import MetaConfig
@@ -66,3 +67,16 @@ def test_prototype_head_is_distance_aware():
     # at a prototype: softmax over [0, -9, -2] -> 1 / (1 + e^-9 + e^-2)
     assert math.isclose(near.item(), 1 / (1 + math.exp(-9) + math.exp(-2)), rel_tol=1e-5)
     assert far.item() < 1e-6
+
+
+def test_outer_step_trains_a_background_that_reads_the_input_row():
+    from metaad_dist.meta.learner import MetaLearner
+
+    torch.manual_seed(0)
+    model = MetaADModel(4, 2, hidden_dims=[8], embed_dim=3, background_hidden=[6], background_reads_input=True)
+    learner = MetaLearner(model, MetaConfig(), torch.device("cpu"))
+    before = [p.detach().clone() for p in model.head.background.parameters()]
+    learner.outer_step(torch.randn(16, 4), torch.zeros(16, dtype=torch.long), torch.randn(4, 4) + 3)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.head.background.parameters()))
+    with pytest.raises(ValueError, match="reads the input row"):
+        model.head(torch.randn(2, 3))

@@ -64,7 +64,7 @@ class MetaLearner:
     def outer_step(self, query_x: torch.Tensor, query_y: torch.Tensor, shots_x: torch.Tensor) -> dict:
         with torch.no_grad():  # encoder frozen: the first-order cut
             z_query, z_shots = self.model.encoder(query_x), self.model.encoder(shots_x)
-        loss, metrics = outer_loss(self.model, z_query, query_y, z_shots, self.cfg)
+        loss, metrics = outer_loss(self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x)
         self._apply(loss, self.outer_params, self.outer_opt, self.cfg.outer_optimizer.grad_clip)
         return metrics
 

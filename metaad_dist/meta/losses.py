@@ -31,7 +31,7 @@ def inner_loss(model: MetaADModel, x: torch.Tensor, y: torch.Tensor, cfg: MetaCo
     The class term is what keeps the literal one-class BCE from collapsing (METHOD.md pitfall).
     """
     z = model.encoder(x)
-    logits = model.logits(z)
+    logits = model.logits(z, x)
     conf = model.confidence_from_logits(logits)
     bce = confidence_bce(conf, 1.0)
     ce = F.cross_entropy(logits, y)
@@ -49,14 +49,16 @@ def outer_loss(
     y_query: torch.Tensor,
     z_shots: torch.Tensor,
     cfg: MetaConfig,
+    x_query: torch.Tensor | None = None,
+    x_shots: torch.Tensor | None = None,
 ):
     """Calibrate head and temperature on frozen features: query confident, shots not.
 
     Features come in detached (first-order: no gradient reaches the encoder).
     """
-    logits_q = model.logits(z_query)
+    logits_q = model.logits(z_query, x_query)
     s_q = model.confidence_from_logits(logits_q)
-    s_s = model.confidence_from_logits(model.logits(z_shots))
+    s_s = model.confidence_from_logits(model.logits(z_shots, x_shots))
     log_t = model.temperature.log_t()
     loss = (
         confidence_bce(s_q, 1.0)

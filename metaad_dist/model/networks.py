@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from metaad_dist.model.memory import NormalMemory
+
 
 def mlp(dims: Sequence[int], dropout: float = 0.0, final_activation: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -54,15 +56,29 @@ class PrototypeHead(nn.Module):
     anomaly shots share.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, background_init: float):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        background_init: float,
+        background_hidden: Sequence[int] = (),
+        background_in_dim: int = 0,
+    ):
         super().__init__()
         self.prototypes = nn.Parameter(torch.randn(num_classes, embed_dim))
-        self.background = nn.Linear(embed_dim, 1)
-        nn.init.zeros_(self.background.weight)
-        nn.init.constant_(self.background.bias, background_init)
+        # The background logit reads the embedding, or (background_in_dim > 0) the input row
+        # itself: features the normal-only encoder had no reason to keep stay visible to it.
+        self.reads_input = background_in_dim > 0
+        self.background = mlp([background_in_dim or embed_dim, *background_hidden, 1])
+        last = self.background[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, background_init)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([-torch.cdist(z, self.prototypes).pow(2), self.background(z)], dim=1)
+    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        if self.reads_input and x is None:
+            raise ValueError("this head's background logit reads the input row: pass x")
+        background = self.background(x if self.reads_input else z)
+        return torch.cat([-torch.cdist(z, self.prototypes).pow(2), background], dim=1)
 
 
 class MetaADModel(nn.Module):
@@ -81,18 +97,29 @@ class MetaADModel(nn.Module):
         temperature_max: float = 1.05,
         head: str = "prototype",
         background_init: float = -2.0,
+        background_hidden: Sequence[int] = (),
+        background_reads_input: bool = False,
+        memory_rows: int = 0,
+        memory_k: int = 5,
+        memory_weight: float = 1.0,
+        calibration_rows: int = 0,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.encoder = mlp([in_dim, *hidden_dims, embed_dim], dropout)
         self.decoder = mlp([embed_dim, *reversed(hidden_dims), in_dim]) if use_decoder else None
         if head == "prototype":
-            self.head = PrototypeHead(embed_dim, num_classes, background_init)
+            self.head = PrototypeHead(
+                embed_dim, num_classes, background_init, background_hidden, in_dim if background_reads_input else 0
+            )
         elif head == "linear":
             self.head = nn.Linear(embed_dim, num_classes)
         else:
             raise ValueError(f"unknown head '{head}'; expected 'prototype' or 'linear'")
         self.temperature = BoundedTemperature(temperature_init, temperature_min, temperature_max)
+        # Filled after training (fill_memory); until then scores are the network's alone.
+        self.memory = NormalMemory(in_dim, memory_rows, memory_k, calibration_rows) if memory_rows > 0 else None
+        self.memory_weight = memory_weight
 
     def class_parameters(self) -> list[nn.Parameter]:
         """The head's per-class parameters: what the inner loop may also fit on normal rows."""
@@ -111,11 +138,13 @@ class MetaADModel(nn.Module):
         """phi and tau: the decision surface calibrated with anomaly shots."""
         return list(self.head.parameters()) + list(self.temperature.parameters())
 
-    def logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z) / self.temperature()
+    def logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Head logits / T from the embedding z (and the input x, which some heads also read)."""
+        head = self.head(z, x) if isinstance(self.head, PrototypeHead) else self.head(z)
+        return head / self.temperature()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.encoder(x))
+        return self.logits(self.encoder(x), x)
 
     def confidence_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """S = max over the K normal classes of the softmax (a background entry only dilutes it)."""
@@ -126,6 +155,22 @@ class MetaADModel(nn.Module):
 
     @torch.no_grad()
     def anomaly_score(self, x: torch.Tensor, kind: str = "msp") -> torch.Tensor:
+        """The network score, fused with the normal memory's kNN evidence once that is filled."""
+        score = self.network_score(x, kind)
+        if self.memory is not None and bool(self.memory.ready):
+            return self.memory.fuse(score, x, self.memory_weight)
+        return score
+
+    @torch.no_grad()
+    def fill_memory(self, normal_x: torch.Tensor, val_normal_x: torch.Tensor, kind: str) -> None:
+        """Store training normal rows and the validation-normal reference scores of both parts."""
+        if self.memory is None:
+            return
+        self.memory.bank.copy_(normal_x)  # knn references below need the bank
+        self.memory.fill(normal_x, self.network_score(val_normal_x, kind), self.memory.knn_distance(val_normal_x))
+
+    @torch.no_grad()
+    def network_score(self, x: torch.Tensor, kind: str = "msp") -> torch.Tensor:
         logits = self(x)
         if kind == "msp":
             return 1.0 - self.confidence_from_logits(logits)

@@ -16,6 +16,9 @@ from metaad_dist.errors import ConfigError
 from metaad_dist.meta.labels import ClassLabeler
 from metaad_dist.model.networks import MetaADModel
 
+# Fewer validation normal rows than this cannot calibrate the fused score's quartiles.
+MIN_CALIBRATION_ROWS = 20
+
 
 def configure_torch(trainer) -> torch.device:
     """Apply trainer settings to this process and return the device to train on."""
@@ -35,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device='{name}'; expected auto, cpu, cuda or cuda:N") from None
 
 
-def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int) -> dict:
+def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows: int = 0, calibration_rows: int = 0) -> dict:
     """Plain constructor arguments: they go into checkpoints so a model rebuilds without Hydra."""
     return {
         "in_dim": in_dim,
@@ -49,7 +52,29 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int) -> dict:
         "temperature_max": cfg.temperature_max,
         "head": cfg.head,
         "background_init": cfg.background_init,
+        "background_hidden": list(cfg.background_hidden),
+        "background_reads_input": cfg.background_reads_input,
+        "memory_rows": memory_rows,
+        "memory_k": cfg.memory_k,
+        "memory_weight": cfg.memory_weight,
+        "calibration_rows": calibration_rows,
     }
+
+
+def memory_rows(cfg: ModelConfig, normal_x: np.ndarray, val_normal_x: np.ndarray, seed: int):
+    """The normal rows the memory keeps and the validation rows that calibrate the fusion.
+
+    Both are seeded subsets (at most memory_rows / memory_calibration_rows). No memory when it
+    is switched off or there are too few rows to calibrate it.
+    """
+    if cfg.memory_rows <= 0 or len(normal_x) < cfg.memory_k or len(val_normal_x) < MIN_CALIBRATION_ROWS:
+        return normal_x[:0], val_normal_x[:0]
+    rng = np.random.default_rng(seed)
+
+    def subset(x: np.ndarray, cap: int) -> np.ndarray:
+        return x if len(x) <= cap else x[np.sort(rng.choice(len(x), cap, replace=False))]
+
+    return subset(normal_x, cfg.memory_rows), subset(val_normal_x, cfg.memory_calibration_rows)
 
 
 @dataclass
@@ -62,6 +87,8 @@ class TrainingSetup:
     model_args: dict
     val_normal_x: np.ndarray  # scaled
     validation_x: dict[str, np.ndarray]  # scaled
+    memory_x: np.ndarray  # scaled training normal rows the model's normal memory keeps
+    calibration_x: np.ndarray  # scaled validation normal rows that calibrate the score fusion
 
     def run_metadata(self) -> dict:
         """What a saved run records about its data: roles, the budget pool, and the encoder."""
@@ -82,6 +109,15 @@ class TrainingSetup:
         torch.manual_seed(seed)
         return MetaADModel(**self.model_args)
 
+    def finish_model(self, model: MetaADModel, score: str) -> MetaADModel:
+        """After training: fill the normal memory and calibrate the fused score (no-op without one)."""
+        if model.memory is not None:
+            device = next(model.parameters()).device
+            model.fill_memory(
+                torch.as_tensor(self.memory_x, device=device), torch.as_tensor(self.calibration_x, device=device), score
+            )
+        return model
+
 
 def prepare_training(cfg: Config) -> TrainingSetup:
     source = open_source(cfg.data, cfg.storage)
@@ -98,14 +134,18 @@ def build_setup(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> Train
     sampler = EpisodeSampler(
         normal_x, labels, view.normal_family_index, len(view.normal_families), budget, cfg.meta, cfg.seed
     )
+    val_normal_x = scaler.transform(view.val_normal_x)
+    memory_x, calibration_x = memory_rows(cfg.model, normal_x, val_normal_x, cfg.seed)
     return TrainingSetup(
         source=source,
         roles=roles,
         view=view,
         scaler=scaler,
         sampler=sampler,
-        model_args=model_arguments(cfg.model, normal_x.shape[1], labeler.num_classes),
-        val_normal_x=scaler.transform(view.val_normal_x),
+        model_args=model_arguments(cfg.model, normal_x.shape[1], labeler.num_classes, len(memory_x), len(calibration_x)),
+        val_normal_x=val_normal_x,
         validation_x={f: scaler.transform(x) for f, x in view.validation_x.items()},
+        memory_x=memory_x,
+        calibration_x=calibration_x,
     )
 

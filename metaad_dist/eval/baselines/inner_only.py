@@ -1,7 +1,8 @@
 """The method's own ablation: the inner loop alone (one-class MSP over normal classes).
 
-Same encoder, episodes and inner objective, no outer calibration: whatever the method gains
-over this comes from the anomaly shots.
+Same encoder, episodes and inner objective, no outer calibration and no normal memory (the
+network's own score): whatever the method gains over this comes from the anomaly shots and the
+memory (the benchmark's memory-off ablation separates the two).
 """
 from __future__ import annotations
 
@@ -16,6 +17,6 @@ def fit_inner_only(cfg, setup):
     model = result.trained.model.eval()
 
     def score(x_scaled: np.ndarray) -> np.ndarray:
-        return model.anomaly_score(torch.as_tensor(x_scaled), cfg.model.score).numpy()
+        return model.network_score(torch.as_tensor(x_scaled), cfg.model.score).numpy()
 
     return score

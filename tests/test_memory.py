@@ -1,0 +1,67 @@
+"""Normal memory: kNN evidence, calibration and the fused score (model/memory.py)."""
+import io
+
+import numpy as np
+import torch
+
+from metaad_dist.config import ModelConfig
+from metaad_dist.model.memory import NormalMemory
+from metaad_dist.model.networks import MetaADModel
+from metaad_dist.train.setup import memory_rows
+
+
+def filled_model(rows=200, cal=100, dim=4, seed=0):
+    torch.manual_seed(seed)
+    model = MetaADModel(dim, 3, hidden_dims=[8], embed_dim=4, memory_rows=rows, calibration_rows=cal).eval()
+    normal = torch.randn(rows + cal, dim)
+    model.fill_memory(normal[:rows], normal[rows:], "msp")
+    return model
+
+
+def test_evidence_is_monotone_and_keeps_growing_past_the_reference():
+    mem = NormalMemory(in_dim=2, rows=5, k=1, calibration_rows=100)
+    mem.fill(torch.zeros(5, 2), torch.linspace(0, 1, 100), torch.linspace(0, 1, 100))
+    s = torch.tensor([-1.0, 0.0, 0.5, 0.99, 1.0, 2.0, 10.0])
+    t = mem.evidence(s, 0)
+    assert torch.all(t[1:] >= t[:-1])
+    assert t[0] == 0 and t[-1] > t[-2] > t[-3]  # below every normal: no evidence; beyond: keeps ranking
+    # Half the normal references lie below 0.5: evidence -log(1 - 0.5) ~ 0.69.
+    assert abs(float(t[2]) - np.log(2)) < 0.05
+
+
+def test_knn_distance_matches_brute_force():
+    mem = NormalMemory(in_dim=3, rows=50, k=3, calibration_rows=10)
+    bank, x = torch.randn(50, 3), torch.randn(7, 3)
+    mem.bank.copy_(bank)
+    expected = torch.cdist(x, bank).sort(dim=1).values[:, :3].mean(dim=1)
+    assert torch.allclose(mem.knn_distance(x, chunk=2), expected, atol=1e-5)
+
+
+def test_fused_score_ranks_far_rows_above_normal_rows_and_survives_a_checkpoint():
+    model = filled_model()
+    near, far = torch.randn(20, 4), torch.randn(20, 4) + 8.0
+    fused = model.anomaly_score(torch.cat([near, far]))
+    assert fused[20:].min() > fused[:20].max()
+    assert not torch.allclose(fused, model.network_score(torch.cat([near, far])))
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    rebuilt = MetaADModel(4, 3, hidden_dims=[8], embed_dim=4, memory_rows=200, calibration_rows=100).eval()
+    rebuilt.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert torch.allclose(rebuilt.anomaly_score(torch.cat([near, far])), fused)
+
+
+def test_an_unfilled_memory_leaves_the_network_score():
+    model = MetaADModel(4, 3, hidden_dims=[8], embed_dim=4, memory_rows=10, calibration_rows=30).eval()
+    x = torch.randn(5, 4)
+    assert torch.equal(model.anomaly_score(x), model.network_score(x))
+
+
+def test_memory_rows_are_seeded_subsets_and_can_be_switched_off():
+    normal, val = np.random.default_rng(0).normal(size=(500, 3)), np.random.default_rng(1).normal(size=(300, 3))
+    cfg = ModelConfig(memory_rows=100, memory_calibration_rows=50)
+    m1, c1 = memory_rows(cfg, normal, val, seed=3)
+    m2, c2 = memory_rows(cfg, normal, val, seed=3)
+    assert m1.shape == (100, 3) and c1.shape == (50, 3) and np.array_equal(m1, m2) and np.array_equal(c1, c2)
+    assert len(memory_rows(ModelConfig(memory_rows=0), normal, val, 0)[0]) == 0
+    assert len(memory_rows(cfg, normal, val[:5], 0)[0]) == 0  # too few validation rows to calibrate
