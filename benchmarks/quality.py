@@ -84,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel, one process each (default 1)")
     p.add_argument("--rerun", nargs="*", default=[], help="methods to recompute even when cached")
+    p.add_argument(
+        "--cached-only", action="store_true",
+        help="compute nothing: report the cells already in the cache (e.g. to merge runs over different budgets)",
+    )
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for quality.md / quality.json")
     p.add_argument("--cache", default=str(REPO / "runs" / "benchmarks" / "quality"), help="per-cell results cache")
     p.add_argument("--data-root", default=str(REPO / "prepared"), help="prepared datasets (metaad prepare output)")
@@ -267,10 +271,12 @@ def run_grid(args, log=print) -> tuple[list[dict], dict]:
                             records.append(json.loads(path.read_text()))
                         else:
                             todo.append(method)
-                    if todo:
+                    if todo and not args.cached_only:
                         others = [f for f in families if f != fold]
                         tasks.append((dataset, fold, others, seed, budget, todo))
     cells = sum(len(f) for f in folds_by_dataset.values()) * len(seeds) * len(args.budgets)
+    if args.cached_only:
+        log(f"--cached-only: {len(records)} cached (cell, method) results reported, nothing computed")
     log(f"{cells} cells, {cells - len(tasks)} complete in the cache, {len(tasks)} to run"
         + (f" on {args.jobs} processes" if args.jobs > 1 and tasks else ""))
     if args.jobs <= 1:
