@@ -88,7 +88,9 @@ class ModelConfig:
     # fused with the network score, calibrated on validation normal rows. 0 rows switches it off.
     memory_rows: int = 16384
     memory_k: int = 5
-    memory_weight: float = 1.0  # weight of the kNN evidence against the network's
+    memory_weight: float = 1.0  # weight of each one-class evidence (kNN, isolation) against the network's
+    memory_isolation_trees: int = 100  # isolation forest on the memory rows (0 = kNN only)
+    memory_isolation_samples: int = 256  # rows per tree (Liu et al.'s default)
     memory_calibration_rows: int = 10000
 
 

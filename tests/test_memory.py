@@ -5,14 +5,18 @@ import numpy as np
 import torch
 
 from metaad_dist.config import ModelConfig
+from metaad_dist.model.isolation import TensorIsolationForest
 from metaad_dist.model.memory import NormalMemory
 from metaad_dist.model.networks import MetaADModel
 from metaad_dist.train.setup import memory_rows
 
 
+ARGS = dict(hidden_dims=[8], embed_dim=4, memory_rows=200, calibration_rows=100, isolation_trees=20, isolation_samples=64)
+
+
 def filled_model(rows=200, cal=100, dim=4, seed=0):
     torch.manual_seed(seed)
-    model = MetaADModel(dim, 3, hidden_dims=[8], embed_dim=4, memory_rows=rows, calibration_rows=cal).eval()
+    model = MetaADModel(dim, 3, **ARGS).eval()
     normal = torch.randn(rows + cal, dim)
     model.fill_memory(normal[:rows], normal[rows:], "msp")
     return model
@@ -20,7 +24,7 @@ def filled_model(rows=200, cal=100, dim=4, seed=0):
 
 def test_evidence_is_monotone_and_keeps_growing_past_the_reference():
     mem = NormalMemory(in_dim=2, rows=5, k=1, calibration_rows=100)
-    mem.fill(torch.zeros(5, 2), torch.linspace(0, 1, 100), torch.linspace(0, 1, 100))
+    mem.reference.copy_(torch.linspace(0, 1, 100).expand(2, -1))
     s = torch.tensor([-1.0, 0.0, 0.5, 0.99, 1.0, 2.0, 10.0])
     t = mem.evidence(s, 0)
     assert torch.all(t[1:] >= t[:-1])
@@ -46,7 +50,7 @@ def test_fused_score_ranks_far_rows_above_normal_rows_and_survives_a_checkpoint(
 
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    rebuilt = MetaADModel(4, 3, hidden_dims=[8], embed_dim=4, memory_rows=200, calibration_rows=100).eval()
+    rebuilt = MetaADModel(4, 3, **ARGS).eval()
     rebuilt.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert torch.allclose(rebuilt.anomaly_score(torch.cat([near, far])), fused)
 
@@ -65,3 +69,16 @@ def test_memory_rows_are_seeded_subsets_and_can_be_switched_off():
     assert m1.shape == (100, 3) and c1.shape == (50, 3) and np.array_equal(m1, m2) and np.array_equal(c1, c2)
     assert len(memory_rows(ModelConfig(memory_rows=0), normal, val, 0)[0]) == 0
     assert len(memory_rows(cfg, normal, val[:5], 0)[0]) == 0  # too few validation rows to calibrate
+
+
+def test_tensor_isolation_forest_ranks_exactly_as_scikit_learn():
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(0)
+    x, q = rng.normal(size=(3000, 6)).astype(np.float32), (1.5 * rng.normal(size=(300, 6))).astype(np.float32)
+    forest = TensorIsolationForest(*TensorIsolationForest.shape_for(50, 256))
+    forest.fit(x, seed=3)
+    depth = -forest.anomaly_score(torch.as_tensor(q)).numpy()
+    reference = -IsolationForest(n_estimators=50, max_samples=256, random_state=3, n_jobs=1).fit(x).score_samples(q)
+    c = 2 * (np.log(255) + 0.5772156649) - 2 * 255 / 256  # c(256): sklearn's normaliser
+    assert np.allclose(2 ** (-depth / c), reference, atol=1e-6)

@@ -103,6 +103,8 @@ class MetaADModel(nn.Module):
         memory_k: int = 5,
         memory_weight: float = 1.0,
         calibration_rows: int = 0,
+        isolation_trees: int = 0,
+        isolation_samples: int = 256,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -118,7 +120,10 @@ class MetaADModel(nn.Module):
             raise ValueError(f"unknown head '{head}'; expected 'prototype' or 'linear'")
         self.temperature = BoundedTemperature(temperature_init, temperature_min, temperature_max)
         # Filled after training (fill_memory); until then scores are the network's alone.
-        self.memory = NormalMemory(in_dim, memory_rows, memory_k, calibration_rows) if memory_rows > 0 else None
+        self.memory = (
+            NormalMemory(in_dim, memory_rows, memory_k, calibration_rows, isolation_trees, isolation_samples)
+            if memory_rows > 0 else None
+        )
         self.memory_weight = memory_weight
 
     def class_parameters(self) -> list[nn.Parameter]:
@@ -162,12 +167,10 @@ class MetaADModel(nn.Module):
         return score
 
     @torch.no_grad()
-    def fill_memory(self, normal_x: torch.Tensor, val_normal_x: torch.Tensor, kind: str) -> None:
-        """Store training normal rows and the validation-normal reference scores of both parts."""
-        if self.memory is None:
-            return
-        self.memory.bank.copy_(normal_x)  # knn references below need the bank
-        self.memory.fill(normal_x, self.network_score(val_normal_x, kind), self.memory.knn_distance(val_normal_x))
+    def fill_memory(self, normal_x: torch.Tensor, val_normal_x: torch.Tensor, kind: str, seed: int = 0) -> None:
+        """Store training normal rows; calibrate every score part on validation normal rows."""
+        if self.memory is not None:
+            self.memory.fill(normal_x, val_normal_x, self.network_score(val_normal_x, kind), seed)
 
     @torch.no_grad()
     def network_score(self, x: torch.Tensor, kind: str = "msp") -> torch.Tensor:

@@ -72,6 +72,6 @@ def train_local(
             )
             log(f"[{label}] episode {done}/{cfg.meta.episodes} {shown} ({rate:.1f} episodes/s)")
     learner.model.eval()
-    setup.finish_model(learner.model, cfg.model.score)
+    setup.finish_model(learner.model, cfg.model.score, cfg.seed)
     trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
     return TrainResult(trained, setup, history, time.perf_counter() - start)

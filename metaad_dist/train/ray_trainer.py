@@ -274,7 +274,7 @@ def train_worker(config: dict) -> None:
         totals = mean_over_workers(totals, device)
     if rank == 0:
         learner.model.eval()
-        setup.finish_model(learner.model, cfg.model.score)
+        setup.finish_model(learner.model, cfg.model.score, cfg.seed)
         trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
         summary = loop_summary(cfg, world, steps, first_step, totals)
         save_trained_run(cfg, run_location(cfg), trained, setup, history, seconds_before + totals["loop_s"], summary)

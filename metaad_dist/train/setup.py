@@ -58,6 +58,8 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows
         "memory_k": cfg.memory_k,
         "memory_weight": cfg.memory_weight,
         "calibration_rows": calibration_rows,
+        "isolation_trees": cfg.memory_isolation_trees,
+        "isolation_samples": cfg.memory_isolation_samples,
     }
 
 
@@ -109,12 +111,13 @@ class TrainingSetup:
         torch.manual_seed(seed)
         return MetaADModel(**self.model_args)
 
-    def finish_model(self, model: MetaADModel, score: str) -> MetaADModel:
+    def finish_model(self, model: MetaADModel, score: str, seed: int) -> MetaADModel:
         """After training: fill the normal memory and calibrate the fused score (no-op without one)."""
         if model.memory is not None:
             device = next(model.parameters()).device
             model.fill_memory(
-                torch.as_tensor(self.memory_x, device=device), torch.as_tensor(self.calibration_x, device=device), score
+                torch.as_tensor(self.memory_x, device=device), torch.as_tensor(self.calibration_x, device=device),
+                score, seed,
             )
         return model
 
