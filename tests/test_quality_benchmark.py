@@ -88,3 +88,24 @@ def test_real_datasets_follow_the_protocol(quality, tmp_path):
     cells = {r["dataset"]: r for r in map(json.loads, (p.read_text() for p in (tmp_path / "cache").rglob("*.json")))}
     assert (cells["nsl_kdd"]["n_normal"], cells["nsl_kdd"]["n_anomaly"]) == (9711, 67)  # KDDTest+ normal, U2R
     assert (cells["unsw_nb15"]["n_normal"], cells["unsw_nb15"]["n_anomaly"]) == (7400, 44)  # 20% of 37,000; Worms
+
+
+@pytest.mark.slow
+def test_ablations_compare_every_variant_and_cached_only_merges(quality, tmp_path, capsys):
+    ablations = importlib.import_module("ablations")
+    args = ["--quick", "--datasets", "digits", "--seeds", "1", "--budget", "5", "--folds", "8",
+            "--out", str(tmp_path / "abl"), "--cache", str(tmp_path / "cache")]
+    assert ablations.main(args) == 0
+    rows = json.loads((tmp_path / "abl" / "ablations.json").read_text())
+    assert [r["variant"] for r in rows] == [label for label, _ in ablations.VARIANTS]
+    for r in rows:
+        assert 0.0 <= r["results"]["digits"]["auroc"] <= 1.0
+    assert (tmp_path / "abl" / "ablations.md").read_text().count("\n| ") == len(ablations.VARIANTS) + 1
+
+    # --cached-only reports what the cache holds and computes nothing (the method at budget 5 only).
+    out = tmp_path / "merged"
+    merged = ["--quick", "--datasets", "digits", "--seeds", "1", "--budgets", "5", "50", "--folds", "8",
+              "--cache", str(tmp_path / "cache"), "--out", str(out), "--cached-only"]
+    assert quality.main(merged) == 0
+    summary = json.loads((out / "quality.json").read_text())["summary"]["digits"]
+    assert set(summary) == {"5"} and set(summary["5"]) == {"metaad"}
