@@ -87,11 +87,13 @@ def averaged_reference(cfg, num_workers: int) -> dict[str, torch.Tensor]:
                 def outer(ep):
                     with torch.no_grad():
                         zq, zs = model.encoder(f32(ep.query_x)), model.encoder(f32(ep.shots_x))
-                    return outer_loss(model, zq, i64(ep.query_y), zs, meta)[0]
+                    return outer_loss(model, zq, i64(ep.query_y), zs, meta, f32(ep.query_x), f32(ep.shots_x))[0]
 
                 _averaged_update(learner.outer_params, learner.outer_opt, meta.outer_optimizer.grad_clip, [
                     (lambda ep=ep: outer(ep)) for ep in eps
                 ])
+    model.eval()
+    setup.finish_model(model, cfg.model.score, cfg.seed)  # the normal memory, as the trainers fill it
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
