@@ -337,6 +337,7 @@ def _fold_mean(rows: dict, folds: list[str]) -> dict:
     out: dict = {"folds": len(have), "of_folds": len(folds), "complete": len(have) == len(folds) and bool(folds)}
     if not have:
         return out
+    out["seeds"] = len(set.intersection(*(set(rows[f]) for f in have)))
     for k in METRICS:
         out[k] = float(np.mean([np.mean([r[k] for r in rows[f].values()]) for f in have]))
         common = set.intersection(*(set(rows[f]) for f in have))
@@ -362,7 +363,8 @@ def markdown_report(agg: dict, args, seconds: float, command: str) -> str:
     lines = [
         "# Quality benchmark: leave-one-family-out (METHOD.md section 7)",
         "",
-        f"Scaler: **{args.scaler}** (fitted on training normal rows only). Seeds {seeds}; budgets "
+        f"Scaler: **{args.scaler}** (fitted on training normal rows only). Seeds {seeds} (the `seeds` column: how "
+        f"many of them a row has{', cells missing from the cache are left out' if args.cached_only else ''}); budgets "
         f"{args.budgets} labelled rows per meta family; no validation family. Anomaly = positive class. "
         f"{'**QUICK smoke configuration: not a result.** ' if args.quick else ''}"
         + (f"Extra overrides: `{' '.join(args.set)}`. " if args.set else "")
@@ -377,14 +379,14 @@ def markdown_report(agg: dict, args, seconds: float, command: str) -> str:
         for budget, by_method in by_budget.items():
             lines += ["", f"## {dataset}, budget {budget}", ""]
             low = LOW_DUPLICATE_FOLDS.get(dataset)
-            head = "| method | AUROC | AUPR | FPR@95 |" + (" AUROC (low-dup folds) | AUPR (low-dup) |" if low else "") + " fit s/cell | folds |"
+            head = "| method | AUROC | AUPR | FPR@95 |" + (" AUROC (low-dup folds) | AUPR (low-dup) |" if low else "") + " fit s/cell | folds | seeds |"
             lines += [head, "|" + "---|" * (head.count("|") - 1)]
             for method, e in by_method.items():
                 row = f"| {method} | {_pm(e, 'auroc')} | {_pm(e, 'aupr')} | {_pm(e, 'fpr95')} |"
                 if low:
                     ld = e.get("low_duplicate", {})
                     row += f" {_pm(ld, 'auroc')} | {_pm(ld, 'aupr')} |"
-                row += f" {e.get('fit_seconds_per_cell', float('nan')):.1f} | {e['folds']}/{e['of_folds']} |"
+                row += f" {e.get('fit_seconds_per_cell', float('nan')):.1f} | {e['folds']}/{e['of_folds']} | {e.get('seeds', 0)} |"
                 lines.append(row)
             per_fold = agg["per_fold"][dataset][budget]
             folds = list(dict.fromkeys(f for pf in per_fold.values() for f in pf))
