@@ -24,7 +24,6 @@ VARIANTS = [
     ("no normal memory (network score alone)", ["model.memory_rows=0"]),
     ("memory without isolation evidence (kNN only)", ["model.memory_isolation_trees=0"]),
     ("linear background on the embedding (METHOD-literal head)", ["model.background_hidden=[]", "model.background_reads_input=false"]),
-    ("outer lr 3e-4 (default 1e-3)", ["meta.outer_optimizer.lr=0.0003"]),
     ("no reconstruction term (lambda_rec=0)", ["meta.lambda_rec=0.0"]),
     ("no pseudo-classes (K=1)", ["model.pseudo_classes=1"]),
 ]
