@@ -2,6 +2,7 @@
 import io
 
 import numpy as np
+import pytest
 import torch
 
 from metaad_dist.config import ModelConfig
@@ -82,3 +83,19 @@ def test_tensor_isolation_forest_ranks_exactly_as_scikit_learn():
     reference = -IsolationForest(n_estimators=50, max_samples=256, random_state=3, n_jobs=1).fit(x).score_samples(q)
     c = 2 * (np.log(255) + 0.5772156649) - 2 * 255 / 256  # c(256): sklearn's normaliser
     assert np.allclose(2 ** (-depth / c), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.memory_k=0", "model.memory_k=0; expected an integer >= 1"),
+    ("model.memory_isolation_samples=1", "model.memory_isolation_samples=1; expected an integer >= 2"),
+    ("model.background_hidden=[0]", "model.background_hidden=[0]; expected positive layer sizes"),
+    ("model.memory_weight=-1", "model.memory_weight=-1.0; expected a weight >= 0"),
+    ("model.memory_calibration_rows=-5", "model.memory_calibration_rows=-5; expected an integer >= 20"),
+])
+def test_bad_memory_settings_are_one_line_errors(compose, override, message):
+    from metaad_dist.errors import ConfigError
+    from metaad_dist.train.setup import prepare_training
+
+    with pytest.raises(ConfigError) as err:
+        prepare_training(compose("data=digits", override))
+    assert str(err.value) == message

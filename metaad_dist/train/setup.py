@@ -38,6 +38,20 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device='{name}'; expected auto, cpu, cuda or cuda:N") from None
 
 
+def check_model_config(cfg: ModelConfig) -> None:
+    """One-line errors for model settings that would otherwise fail deep inside torch or sklearn."""
+    for key in ("hidden_dims", "background_hidden"):
+        if any(d <= 0 for d in getattr(cfg, key)):
+            raise ConfigError(f"model.{key}={list(getattr(cfg, key))}; expected positive layer sizes")
+    minimum = {"memory_rows": 0, "memory_k": 1, "memory_isolation_trees": 0, "memory_isolation_samples": 2,
+               "memory_calibration_rows": MIN_CALIBRATION_ROWS, "pseudo_classes": 1}
+    for key, low in minimum.items():
+        if getattr(cfg, key) < low:
+            raise ConfigError(f"model.{key}={getattr(cfg, key)}; expected an integer >= {low}")
+    if cfg.memory_weight < 0:
+        raise ConfigError(f"model.memory_weight={cfg.memory_weight}; expected a weight >= 0")
+
+
 def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows: int = 0, calibration_rows: int = 0) -> dict:
     """Plain constructor arguments: they go into checkpoints so a model rebuilds without Hydra."""
     return {
@@ -128,6 +142,7 @@ def prepare_training(cfg: Config) -> TrainingSetup:
 
 
 def build_setup(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> TrainingSetup:
+    check_model_config(cfg.model)
     view = build_training_view(source, roles, cfg.data, cfg.meta, cfg.seed)
     scaler = FeatureScaler(cfg.data.scaler, cfg.seed).fit(view.normal_x)
     normal_x = scaler.transform(view.normal_x)
