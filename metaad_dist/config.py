@@ -84,8 +84,9 @@ class ModelConfig:
     temperature_min: float = 0.3
     temperature_max: float = 1.05
     score: str = "msp"  # msp: 1 - max softmax | energy: -T logsumexp(logits / T)
-    # Normal memory (model/memory.py): training normal rows kept for a kNN density term that is
-    # fused with the network score, calibrated on validation normal rows. 0 rows switches it off.
+    # Normal memory (model/memory.py): training normal rows kept for one-class evidence (kNN
+    # distance, isolation depth) fused with the network score, calibrated on validation normal
+    # rows. 0 rows switches it off.
     memory_rows: int = 16384
     memory_k: int = 5
     memory_weight: float = 1.0  # weight of each one-class evidence (kNN, isolation) against the network's

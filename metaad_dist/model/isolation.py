@@ -40,7 +40,7 @@ class TensorIsolationForest(nn.Module):
     def fit(self, x: np.ndarray, seed: int) -> None:
         from sklearn.ensemble import IsolationForest
 
-        trees, max_nodes, _ = self.feature.shape[0], self.feature.shape[1], None
+        trees, max_nodes = self.feature.shape
         forest = IsolationForest(n_estimators=trees, max_samples=(max_nodes + 1) // 2, random_state=seed, n_jobs=1)
         forest.fit(x)
         self.feature.zero_()

@@ -160,7 +160,7 @@ class MetaADModel(nn.Module):
 
     @torch.no_grad()
     def anomaly_score(self, x: torch.Tensor, kind: str = "msp") -> torch.Tensor:
-        """The network score, fused with the normal memory's kNN evidence once that is filled."""
+        """The network score, fused with the normal memory's one-class evidence once that is filled."""
         score = self.network_score(x, kind)
         if self.memory is not None and bool(self.memory.ready):
             return self.memory.fuse(score, x, self.memory_weight)
