@@ -89,10 +89,17 @@ class ModelConfig:
     # rows. 0 rows switches it off.
     memory_rows: int = 16384
     memory_k: int = 5
-    memory_weight: float = 1.0  # weight of each one-class evidence (kNN, isolation) against the network's
     memory_isolation_trees: int = 100  # isolation forest on the memory rows (0 = kNN only)
     memory_isolation_samples: int = 256  # rows per tree (Liu et al.'s default)
     memory_calibration_rows: int = 10000
+    # Fusion weights of the (network, kNN, isolation) evidences. With several candidates the run
+    # picks one by leave-one-meta-family-out on its own meta families (train/fusion.py); ties
+    # and runs with a single meta family take the first.
+    # (list[Any]: OmegaConf would refuse integer weights such as [[0,1,1]] in list[list[float]].)
+    fusion_candidates: list[Any] = field(
+        default_factory=lambda: [[1.0, 1.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 1.0]]
+    )
+    fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
 
 
 @dataclass

@@ -106,7 +106,12 @@ def test_evaluate_prints_table_and_writes_report(trained_run, capsys):
     assert {"overall", "8", "9"} <= set(metrics["held_out"]["metaad"])
     assert set(metrics["auroc_vs_budget"]) == {"3", "10"}
     assert {"threshold", "precision", "recall", "f1"} <= set(metrics["operating_point"])
+    # The fusion weights the run chose among the configured candidates are reported.
+    from metaad_dist.config import ModelConfig
+
+    assert metrics["fusion_weights"] in [[float(w) for w in c] for c in ModelConfig().fusion_candidates]
     assert "## Held-out families" in (report / "report.md").read_text()
+    assert "Fusion weights (network, kNN, isolation)" in (report / "report.md").read_text()
     for png in ("roc_held_out.png", "score_histogram.png", "auroc_vs_budget.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
 

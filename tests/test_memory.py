@@ -49,11 +49,29 @@ def test_fused_score_ranks_far_rows_above_normal_rows_and_survives_a_checkpoint(
     assert fused[20:].min() > fused[:20].max()
     assert not torch.allclose(fused, model.network_score(torch.cat([near, far])))
 
+    model.memory.set_weights([0.5, 1.0, 0.0])  # the weights a run chose travel with its checkpoint
+    fused = model.anomaly_score(torch.cat([near, far]))
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     rebuilt = MetaADModel(4, 3, **ARGS).eval()
     rebuilt.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert torch.allclose(rebuilt.anomaly_score(torch.cat([near, far])), fused)
+
+
+def test_fusion_weights_scale_each_evidence():
+    model = filled_model()
+    x = torch.cat([torch.randn(10, 4), torch.randn(10, 4) + 3.0])
+    mem, network = model.memory, model.network_score(x)
+    evidence = torch.cat([mem.evidence(network, 0)[None], mem.one_class_evidence(x)])
+    for weights in ([1.0, 1.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 1.0]):
+        mem.set_weights(weights)
+        expected = sum(w * e for w, e in zip(weights, evidence))
+        assert torch.allclose(model.anomaly_score(x), expected)
+    mem.set_weights([0.0, 1.0, 1.0])  # no network weight: the network cannot move the score
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(torch.randn_like(p))
+    assert torch.allclose(model.anomaly_score(x), expected)
 
 
 def test_an_unfilled_memory_leaves_the_network_score():
@@ -89,7 +107,16 @@ def test_tensor_isolation_forest_ranks_exactly_as_scikit_learn():
     ("model.memory_k=0", "model.memory_k=0; expected an integer >= 1"),
     ("model.memory_isolation_samples=1", "model.memory_isolation_samples=1; expected an integer >= 2"),
     ("model.background_hidden=[0]", "model.background_hidden=[0]; expected positive layer sizes"),
-    ("model.memory_weight=-1", "model.memory_weight=-1.0; expected a weight >= 0"),
+    ("model.fusion_candidates=[[1,1]]",
+     "model.fusion_candidates=[[1, 1]]; expected a non-empty list of [network, knn, isolation] "
+     "weight triples, each >= 0 and not all 0"),
+    ("model.fusion_candidates=[[0,0,0]]",
+     "model.fusion_candidates=[[0, 0, 0]]; expected a non-empty list of [network, knn, isolation] "
+     "weight triples, each >= 0 and not all 0"),
+    ("model.fusion_candidates=[[1,x,1]]",
+     "model.fusion_candidates=[[1, 'x', 1]]; expected a non-empty list of [network, knn, isolation] "
+     "weight triples, each >= 0 and not all 0"),
+    ("model.fusion_folds=0", "model.fusion_folds=0; expected an integer >= 1"),
     ("model.memory_calibration_rows=-5", "model.memory_calibration_rows=-5; expected an integer >= 20"),
 ])
 def test_bad_memory_settings_are_one_line_errors(compose, override, message):

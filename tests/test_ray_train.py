@@ -20,6 +20,8 @@ from metaad_dist.meta.losses import inner_loss, outer_loss
 from metaad_dist.train.artifacts import load_run
 from metaad_dist.train.checkpoint import STATE_FILE, read_state, write_state
 from metaad_dist.train.commands import run_location
+from metaad_dist.train.fusion import finish_training
+from metaad_dist.train.local import fit_network_only
 from metaad_dist.train.ray_trainer import FAULT_ENV, crossed, train_ray
 from metaad_dist.train.setup import configure_torch, prepare_training
 
@@ -93,7 +95,8 @@ def averaged_reference(cfg, num_workers: int) -> dict[str, torch.Tensor]:
                     (lambda ep=ep: outer(ep)) for ep in eps
                 ])
     model.eval()
-    setup.finish_model(model, cfg.model.score, cfg.seed)  # the normal memory, as the trainers fill it
+    # The normal memory and its fusion weights, as the trainers fill and choose them.
+    finish_training(cfg, setup, model, fit_network_only)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -26,7 +26,9 @@ def markdown_report(metrics: dict) -> str:
     """A Markdown summary of an evaluation (metrics.json without the raw scores)."""
     lines = [f"# Evaluation of {metrics['run']}", "",
              f"Scaler: {metrics['scaler']}; anomaly-shot budget: {metrics['budget']} per meta family; "
-             "anomalies are the positive class.", "", "## Held-out families", "",
+             "anomalies are the positive class."
+             + (f" Fusion weights (network, kNN, isolation): {metrics['fusion_weights']}."
+                if metrics.get("fusion_weights") else ""), "", "## Held-out families", "",
              "| method | family | AUROC | AUPR | FPR@95 | anomalies |", "|---|---|---|---|---|---|"]
     for method, per_family in metrics["held_out"].items():
         for family, m in per_family.items():

@@ -9,12 +9,13 @@ anomaly detection", arXiv 2002.10445) and the isolation depth (Liu et al., ICDM 
 isolation.py). The network brings what the anomaly shots taught the outer loop; the memory
 brings what no shot could.
 
-Fusion without anomaly labels: each component score s is turned into evidence
-t(s) = -log(1 - F(s)), with F the empirical distribution of that component on validation
-normal rows (how surprising s would be for a normal row), and the evidences add up (Fisher's
-combination of p-values, up to a constant factor). Above the largest reference value the
+Fusion: each component score s is turned into evidence t(s) = -log(1 - F(s)), with F the
+empirical distribution of that component on validation normal rows (how surprising s would be
+for a normal row), and the evidences add up with weights (Fisher's combination of p-values, up
+to a constant factor, when the weights are equal). Above the largest reference value the
 evidence keeps growing linearly in units of the reference inter-quartile range, so extreme rows
-still rank by how extreme they are.
+still rank by how extreme they are. The weights (network, kNN, isolation) are a buffer, so a
+checkpoint carries the ones its run chose (train/fusion.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ import torch
 from torch import nn
 
 from metaad_dist.model.isolation import TensorIsolationForest
+
+COMPONENTS = ("network", "knn", "isolation")  # the order of evidences and fusion weights
+
+
+def tail_evidence(reference: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """-log(1 - F(score)) for F the empirical distribution of the sorted `reference`, plus a
+    linear tail in reference-IQR units beyond its largest value."""
+    n = reference.numel()
+    rank = torch.searchsorted(reference, score.contiguous(), right=True).to(score.dtype)
+    t = -torch.log1p(-rank / (n + 1))
+    iqr = (reference[(3 * n) // 4] - reference[n // 4]).clamp_min(1e-12)
+    return t + (score - reference[-1]).clamp_min(0) / iqr
 
 
 class NormalMemory(nn.Module):
@@ -41,6 +54,7 @@ class NormalMemory(nn.Module):
         # Sorted validation-normal scores per component: network, knn[, isolation].
         components = 3 if self.forest is not None else 2
         self.register_buffer("reference", torch.zeros(components, calibration_rows))
+        self.register_buffer("weights", torch.ones(len(COMPONENTS)))
         self.register_buffer("ready", torch.tensor(False))
 
     @torch.no_grad()
@@ -70,18 +84,19 @@ class NormalMemory(nn.Module):
         self.ready.fill_(True)
 
     def evidence(self, score: torch.Tensor, component: int) -> torch.Tensor:
-        ref = self.reference[component]
-        n = ref.numel()
-        rank = torch.searchsorted(ref, score.contiguous(), right=True).to(score.dtype)
-        t = -torch.log1p(-rank / (n + 1))
-        iqr = (ref[(3 * n) // 4] - ref[n // 4]).clamp_min(1e-12)
-        beyond = (score - ref[-1]).clamp_min(0) / iqr
-        return t + beyond
+        return tail_evidence(self.reference[component], score)
 
     @torch.no_grad()
-    def fuse(self, network_score: torch.Tensor, x: torch.Tensor, weight: float) -> torch.Tensor:
-        """Network evidence + weight x each one-class evidence."""
-        fused = self.evidence(network_score, 0)
-        for i, score in enumerate(self.one_class_scores(x), start=1):
-            fused = fused + weight * self.evidence(score, i)
-        return fused
+    def one_class_evidence(self, x: torch.Tensor) -> torch.Tensor:
+        """(components - 1, rows): kNN [, isolation] evidence of each row."""
+        return torch.stack([self.evidence(s, i) for i, s in enumerate(self.one_class_scores(x), start=1)])
+
+    @torch.no_grad()
+    def fuse(self, network_score: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the network's and the one-class evidences."""
+        evidence = torch.cat([self.evidence(network_score, 0)[None], self.one_class_evidence(x)])
+        return (self.weights[: len(evidence), None] * evidence).sum(dim=0)
+
+    def set_weights(self, weights) -> None:
+        """Fusion weights (network, kNN, isolation); the isolation one is unused without a forest."""
+        self.weights.copy_(torch.as_tensor(weights, dtype=self.weights.dtype))

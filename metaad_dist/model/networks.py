@@ -101,7 +101,6 @@ class MetaADModel(nn.Module):
         background_reads_input: bool = False,
         memory_rows: int = 0,
         memory_k: int = 5,
-        memory_weight: float = 1.0,
         calibration_rows: int = 0,
         isolation_trees: int = 0,
         isolation_samples: int = 256,
@@ -124,7 +123,6 @@ class MetaADModel(nn.Module):
             NormalMemory(in_dim, memory_rows, memory_k, calibration_rows, isolation_trees, isolation_samples)
             if memory_rows > 0 else None
         )
-        self.memory_weight = memory_weight
 
     def class_parameters(self) -> list[nn.Parameter]:
         """The head's per-class parameters: what the inner loop may also fit on normal rows."""
@@ -163,7 +161,7 @@ class MetaADModel(nn.Module):
         """The network score, fused with the normal memory's one-class evidence once that is filled."""
         score = self.network_score(x, kind)
         if self.memory is not None and bool(self.memory.ready):
-            return self.memory.fuse(score, x, self.memory_weight)
+            return self.memory.fuse(score, x)
         return score
 
     @torch.no_grad()

@@ -11,7 +11,9 @@ import torch
 from metaad_dist.config import Config
 from metaad_dist.eval.metrics import detection_metrics
 from metaad_dist.meta.learner import MetaLearner
+from metaad_dist.model.networks import MetaADModel
 from metaad_dist.train.artifacts import TrainedModel
+from metaad_dist.train.fusion import finish_training
 from metaad_dist.train.setup import TrainingSetup, configure_torch, prepare_training
 
 
@@ -50,6 +52,22 @@ def train_local(
     `on_validation(metrics)` is called after each validation (Ray Tune reports from it).
     """
     setup = setup or prepare_training(cfg)
+    start = time.perf_counter()
+    model, history = fit_network(cfg, setup, outer, log, on_validation)
+    # The fusion choice re-enacts the method's own training; the inner-only ablation has none.
+    finish_training(cfg, setup, model, fit_network_only if outer else None, log)
+    trained = TrainedModel(model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
+    return TrainResult(trained, setup, history, time.perf_counter() - start)
+
+
+def fit_network(
+    cfg: Config,
+    setup: TrainingSetup,
+    outer: bool = True,
+    log: Callable[[str], None] = print,
+    on_validation: Optional[Callable[[dict], None]] = None,
+) -> tuple[MetaADModel, list[dict]]:
+    """The episode loop: the network alone (normal memory not filled) and its metrics history."""
     device = configure_torch(cfg.trainer)
     learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device)
     history: list[dict] = []
@@ -72,6 +90,8 @@ def train_local(
             )
             log(f"[{label}] episode {done}/{cfg.meta.episodes} {shown} ({rate:.1f} episodes/s)")
     learner.model.eval()
-    setup.finish_model(learner.model, cfg.model.score, cfg.seed)
-    trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
-    return TrainResult(trained, setup, history, time.perf_counter() - start)
+    return learner.model, history
+
+
+def fit_network_only(cfg: Config, setup: TrainingSetup) -> MetaADModel:
+    return fit_network(cfg, setup)[0]

@@ -44,7 +44,8 @@ from metaad_dist.meta.learner import MetaLearner
 from metaad_dist.train.artifacts import METRICS_FILE, TrainedModel
 from metaad_dist.train.checkpoint import checkpoint_dir_name, checkpoint_uri, load_checkpoint, save_checkpoint
 from metaad_dist.train.commands import run_location, run_name, save_trained_run
-from metaad_dist.train.local import validation_auroc
+from metaad_dist.train.fusion import finish_training
+from metaad_dist.train.local import fit_network_only, validation_auroc
 from metaad_dist.train.setup import configure_torch, prepare_training
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -274,7 +275,7 @@ def train_worker(config: dict) -> None:
         totals = mean_over_workers(totals, device)
     if rank == 0:
         learner.model.eval()
-        setup.finish_model(learner.model, cfg.model.score, cfg.seed)
+        finish_training(cfg, setup, learner.model, fit_network_only, lambda line: say(cfg, rank, line))
         trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
         summary = loop_summary(cfg, world, steps, first_step, totals)
         save_trained_run(cfg, run_location(cfg), trained, setup, history, seconds_before + totals["loop_s"], summary)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from metaad_dist.data.views import TrainingView, build_training_view
 from metaad_dist.episodes.sampler import EpisodeSampler
 from metaad_dist.errors import ConfigError
 from metaad_dist.meta.labels import ClassLabeler
+from metaad_dist.model.memory import COMPONENTS
 from metaad_dist.model.networks import MetaADModel
 
 # Fewer validation normal rows than this cannot calibrate the fused score's quartiles.
@@ -48,8 +50,23 @@ def check_model_config(cfg: ModelConfig) -> None:
     for key, low in minimum.items():
         if getattr(cfg, key) < low:
             raise ConfigError(f"model.{key}={getattr(cfg, key)}; expected an integer >= {low}")
-    if cfg.memory_weight < 0:
-        raise ConfigError(f"model.memory_weight={cfg.memory_weight}; expected a weight >= 0")
+    if cfg.fusion_folds < 1:
+        raise ConfigError(f"model.fusion_folds={cfg.fusion_folds}; expected an integer >= 1")
+    if fusion_candidates(cfg) is None:
+        shown = [list(c) if isinstance(c, Sequence) else c for c in cfg.fusion_candidates]
+        raise ConfigError(
+            f"model.fusion_candidates={shown}; expected a non-empty list of [{', '.join(COMPONENTS)}] weight triples, each >= 0 and not all 0"
+        )
+
+
+def fusion_candidates(cfg: ModelConfig) -> list[list[float]] | None:
+    """model.fusion_candidates as float triples, or None when they are malformed."""
+    try:
+        candidates = [[float(w) for w in c] for c in cfg.fusion_candidates]
+    except (TypeError, ValueError):
+        return None
+    ok = candidates and all(len(c) == len(COMPONENTS) and min(c) >= 0 and sum(c) > 0 for c in candidates)
+    return candidates if ok else None
 
 
 def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows: int = 0, calibration_rows: int = 0) -> dict:
@@ -70,7 +87,6 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows
         "background_reads_input": cfg.background_reads_input,
         "memory_rows": memory_rows,
         "memory_k": cfg.memory_k,
-        "memory_weight": cfg.memory_weight,
         "calibration_rows": calibration_rows,
         "isolation_trees": cfg.memory_isolation_trees,
         "isolation_samples": cfg.memory_isolation_samples,

@@ -48,7 +48,7 @@ def run_ray_train_trial(cfg) -> None:
 
 def run_trial(params: dict, base: dict) -> None:
     """Function trainable: one training run, reporting each validation to Tune."""
-    from metaad_dist.train.local import train_local
+    from metaad_dist.train.local import fit_network
     from metaad_dist.train.setup import prepare_training
 
     cfg = apply_params(OmegaConf.create(base), params)
@@ -66,7 +66,8 @@ def run_trial(params: dict, base: dict) -> None:
             "trainable_rows_read": rows_read(setup, setup.roles.trainable),
         })
 
-    train_local(cfg, setup=setup, on_validation=report)
+    # Trials select on the network's validation AUROC: no normal memory to fill or fuse.
+    fit_network(cfg, setup, on_validation=report)
 
 
 def check_tune_config(cfg) -> None:

@@ -1,0 +1,111 @@
+"""Choosing the normal memory's fusion weights by leave-one-meta-family-out.
+
+Why: how far to trust the network against the one-class evidence depends on the data. Where
+unseen families resemble the seen ones, the shots teach the network what matters and a
+network-led fusion wins (UNSW-NB15); where they do not, the network learns cues of the seen
+families that mislead on new ones and the one-class evidence should lead (NSL-KDD). A run may
+not look at its held-out families, but it can re-enact the protocol on its own meta families:
+train the network without one meta family, then ask which candidate weights rank that family's
+shots above validation normal rows. This is leave-one-domain-out model selection (Gulrajani &
+Lopez-Paz, "In Search of Lost Domain Generalization", ICLR 2021) applied to the fusion only;
+the returned model is still the one trained on every meta family.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from metaad_dist.config import Config
+from metaad_dist.eval.metrics import detection_metrics
+from metaad_dist.model.memory import tail_evidence
+from metaad_dist.model.networks import MetaADModel
+from metaad_dist.train.setup import TrainingSetup, build_setup, fusion_candidates
+
+# (cfg, setup) -> the network trained on that setup, memory not filled.
+FitNetwork = Callable[[Config, TrainingSetup], MetaADModel]
+
+
+@dataclass
+class HeldOutFold:
+    """Evidences (components x rows) with the network trained without `family`."""
+
+    family: str
+    normal: np.ndarray  # calibration normal rows
+    shots: np.ndarray  # that family's budget rows
+
+
+def choose_weights(candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold]) -> tuple[list[float], list[float]]:
+    """The candidate with the best mean AUROC (shots vs normal rows) over folds, the first on
+    ties, and every candidate's mean AUROC."""
+    means = []
+    for weights in candidates:
+        w = np.asarray(weights, dtype=np.float64)
+        aurocs = [
+            detection_metrics(w[: len(f.normal)] @ f.normal, w[: len(f.shots)] @ f.shots)["auroc"] for f in folds
+        ]
+        means.append(float(np.mean(aurocs)))
+    best = int(np.argmax(means))  # argmax takes the first of equal values
+    return list(candidates[best]), means
+
+
+def fold_families(meta: Sequence[str], folds: int, seed: int) -> list[str]:
+    """A seeded choice of at most `folds` meta families to hold out in turn."""
+    order = np.random.default_rng(seed).permutation(len(meta))
+    return [meta[i] for i in sorted(order[:folds])]
+
+
+def held_out_fold(cfg: Config, setup: TrainingSetup, model: MetaADModel, family: str, fit: FitNetwork) -> HeldOutFold:
+    """Train the network without `family` (no memory: only its network score is needed) and
+    give the evidences it and the filled memory of `model` assign to that family's shots."""
+    roles = dataclasses.replace(
+        setup.roles,
+        meta=tuple(f for f in setup.roles.meta if f != family),
+        held_out=setup.roles.held_out + (family,),
+    )
+    sub_cfg = OmegaConf.merge(cfg, {"quiet": True, "model": {"memory_rows": 0}})
+    network = fit(sub_cfg, build_setup(sub_cfg, setup.source, roles)).eval()
+    network.to(next(model.parameters()).device)
+    return fold_evidence(cfg, setup, model, network, family)
+
+
+@torch.no_grad()
+def fold_evidence(cfg: Config, setup: TrainingSetup, model: MetaADModel, network: MetaADModel, family: str) -> HeldOutFold:
+    device = next(model.parameters()).device
+    normal = torch.as_tensor(setup.calibration_x, dtype=torch.float32, device=device)
+    shots = torch.as_tensor(setup.scaler.transform(setup.view.budget_x[family]), dtype=torch.float32, device=device)
+    reference = network.network_score(normal, cfg.model.score).sort().values
+
+    def evidence(x: torch.Tensor) -> np.ndarray:
+        own = tail_evidence(reference, network.network_score(x, cfg.model.score))
+        return torch.cat([own[None], model.memory.one_class_evidence(x)]).cpu().numpy()
+
+    return HeldOutFold(family, evidence(normal), evidence(shots))
+
+
+def finish_training(
+    cfg: Config, setup: TrainingSetup, model: MetaADModel, fit: Optional[FitNetwork], log: Callable[[str], None] = print
+) -> MetaADModel:
+    """Fill the normal memory and set its fusion weights: chosen among the candidates when
+    there are several and `fit` can train the held-out-family networks, else the first."""
+    setup.finish_model(model, cfg.model.score, cfg.seed)
+    if model.memory is None or not bool(model.memory.ready):
+        return model
+    candidates = fusion_candidates(cfg.model)
+    meta = list(setup.roles.meta)
+    if fit is None or len(candidates) == 1 or len(meta) < 2:
+        # One meta family cannot be held out: the network would have no shots left.
+        model.memory.set_weights(candidates[0])
+        return model
+    families = fold_families(meta, cfg.model.fusion_folds, cfg.seed)
+    folds = [held_out_fold(cfg, setup, model, family, fit) for family in families]
+    chosen, means = choose_weights(candidates, folds)
+    model.memory.set_weights(chosen)
+    if not cfg.quiet:
+        shown = ", ".join(f"{c} {m:.3f}" for c, m in zip(candidates, means))
+        log(f"[fusion] leave-one-family-out over {families}: {shown} -> weights {chosen}")
+    return model

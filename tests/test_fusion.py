@@ -1,0 +1,71 @@
+"""Leave-one-meta-family-out choice of the fusion weights (train/fusion.py)."""
+import numpy as np
+import pytest
+
+from metaad_dist.train.fusion import HeldOutFold, choose_weights, finish_training, fold_families
+
+
+def fold(rng, shots_shift):
+    """Evidence rows (network, knn, isolation): only the components in `shots_shift` separate the shots."""
+    normal = rng.exponential(size=(3, 200))
+    shots = rng.exponential(size=(3, 10)) + np.asarray(shots_shift, dtype=float)[:, None]
+    return HeldOutFold("f", normal, shots)
+
+
+def test_choose_weights_prefers_the_candidate_that_ranks_held_out_shots_first():
+    rng = np.random.default_rng(0)
+    folds = [fold(rng, [0.0, 4.0, 4.0]) for _ in range(3)]  # the network does not see these families
+    candidates = [[1, 1, 1], [1, 0.5, 0], [0, 1, 1]]
+    chosen, means = choose_weights(candidates, folds)
+    assert chosen == [0, 1, 1] and means[2] == max(means) and means[1] < means[0] < means[2]
+    network_led = [fold(rng, [4.0, 0.0, 0.0]) for _ in range(3)]
+    assert choose_weights(candidates, network_led)[0] == [1, 0.5, 0]
+
+
+def test_ties_go_to_the_first_candidate_and_missing_components_are_ignored():
+    rng = np.random.default_rng(1)
+    two = HeldOutFold("f", rng.exponential(size=(2, 50)), rng.exponential(size=(2, 5)) + 100.0)  # no forest
+    chosen, means = choose_weights([[1, 1, 1], [1, 1, 0]], [two])
+    assert chosen == [1, 1, 1] and means == [1.0, 1.0]
+
+
+def test_fold_families_are_a_seeded_subset():
+    meta = ["a", "b", "c", "d", "e", "f"]
+    picked = fold_families(meta, 4, seed=3)
+    assert picked == fold_families(meta, 4, seed=3) and len(picked) == 4 and set(picked) <= set(meta)
+    assert fold_families(meta[:2], 4, seed=0) == ["a", "b"]
+
+
+def fit_recorder(calls):
+    from metaad_dist.train.local import fit_network_only
+
+    def fit(cfg, setup):
+        calls.append((tuple(setup.roles.meta), tuple(setup.roles.held_out), sorted(setup.view.budget_x)))
+        return fit_network_only(cfg, setup)
+
+    return fit
+
+
+@pytest.mark.parametrize("candidates, trains", [("[[1,1,1],[1,0.5,0],[0,1,1]]", 2), ("[[0,1,1]]", 0)])
+def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates, trains, capsys):
+    from metaad_dist.train.local import fit_network
+    from metaad_dist.train.setup import prepare_training
+
+    cfg = compose(
+        "data=digits", "model=mlp", "meta.episodes=20", "trainer.validate_every=1000", "quiet=false",
+        f"model.fusion_candidates={candidates}", "model.memory_rows=300", "model.memory_calibration_rows=100",
+    )
+    setup = prepare_training(cfg)
+    model, _ = fit_network(cfg, setup, log=lambda _: None)
+    calls = []
+    finish_training(cfg, setup, model, fit_recorder(calls))
+    weights = model.memory.weights.tolist()
+    assert weights in [list(map(float, c)) for c in cfg.model.fusion_candidates]
+    assert len(calls) == trains
+    meta = list(cfg.data.meta)
+    for (sub_meta, sub_held_out, budget_families), family in zip(calls, meta):
+        # The held-out-family network never trains on that family's shots nor on the real held-out ones.
+        assert family not in sub_meta and family in sub_held_out and family not in budget_families
+        assert set(cfg.data.held_out) <= set(sub_held_out)
+    shown = capsys.readouterr().out
+    assert ("[fusion] leave-one-family-out over" in shown) == (trains > 0)
