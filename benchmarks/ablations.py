@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     ]
     lines_after = [
         "",
+        "Rows starting [1,1,1] switch one part off with the fusion fixed at equal weights (the default before the "
+        "per-run choice), so each compares with the `fixed balanced fusion [1,1,1]` row.",
+        "",
         "Not in this table: METHOD.md section 5's ODIN-style input perturbation, PCGrad between inner and outer "
         "gradients and the hard-OOD curriculum are not implemented (issue #8 note), so they are not defaults.",
     ]

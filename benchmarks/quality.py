@@ -210,7 +210,12 @@ def fit_method(name: str, cfg, setup):
     from metaad_dist.train.local import train_local
 
     model = train_local(cfg, outer=True, setup=setup).trained.model.eval()
-    return lambda x: model.anomaly_score(torch.as_tensor(x), cfg.model.score).numpy()
+
+    def score(x):
+        return model.anomaly_score(torch.as_tensor(x), cfg.model.score).numpy()
+
+    score.fusion_weights = model.memory.weights.tolist() if model.memory is not None else None  # the run's choice
+    return score
 
 
 def run_cell(args, dataset: str, fold: str, others: list[str], seed: int, budget: int, methods: list[str], log) -> list[dict]:
@@ -231,6 +236,8 @@ def run_cell(args, dataset: str, fold: str, others: list[str], seed: int, budget
             **{k: metrics[k] for k in METRICS}, "n_normal": metrics["n_normal"], "n_anomaly": metrics["n_anomaly"],
             "fit_seconds": fitted - start, "score_seconds": time.perf_counter() - fitted, "commit": git_commit(),
         }
+        if hasattr(scorer, "fusion_weights"):
+            record["fusion_weights"] = scorer.fusion_weights
         write_json_atomic(cache_path(args, dataset, fold, seed, budget, method), record)
         records.append(record)
         log(

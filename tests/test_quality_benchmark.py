@@ -43,6 +43,9 @@ def test_quick_run_writes_report_with_summary_schema(quality, tmp_path, capsys):
     assert report["scaler"] == "quantile" and report["quick"] is True
     assert "QUICK" in md and "| metaad |" in md and "Scaler: **quantile**" in md
     assert "digits, budget 5" in printed
+    # Each method cell records the fusion weights its run chose (digits: two meta families, one held out in turn).
+    cell = json.loads(next((tmp_path / "cache").rglob("seed0-budget5-metaad.json")).read_text())
+    assert len(cell["fusion_weights"]) == 3
 
     # Resumable: a second run finds every cell in the cache and reports the same numbers.
     assert quality.main(quick_args(tmp_path)) == 0
