@@ -59,7 +59,18 @@ def fold_families(meta: Sequence[str], folds: int, seed: int) -> list[str]:
     return [meta[i] for i in sorted(order[:folds])]
 
 
-def held_out_fold(cfg: Config, setup: TrainingSetup, model: MetaADModel, family: str, fit: FitNetwork) -> HeldOutFold:
+@dataclass
+class Calibration:
+    """The calibration normal rows and their one-class evidence: the same for every fold, so
+    computed once (the kNN part costs one distance per memory row and calibration row)."""
+
+    normal: torch.Tensor
+    one_class: torch.Tensor  # (one-class components, rows)
+
+
+def held_out_fold(
+    cfg: Config, setup: TrainingSetup, model: MetaADModel, calibration: Calibration, family: str, fit: FitNetwork
+) -> HeldOutFold:
     """Train the network without `family` (no memory: only its network score is needed) and
     give the evidences it and the filled memory of `model` assign to that family's shots."""
     roles = dataclasses.replace(
@@ -69,22 +80,25 @@ def held_out_fold(cfg: Config, setup: TrainingSetup, model: MetaADModel, family:
     )
     sub_cfg = OmegaConf.merge(cfg, {"quiet": True, "model": {"memory_rows": 0}})
     network = fit(sub_cfg, build_setup(sub_cfg, setup.source, roles)).eval()
-    network.to(next(model.parameters()).device)
-    return fold_evidence(cfg, setup, model, network, family)
+    network.to(calibration.normal.device)
+    return fold_evidence(cfg, setup, model, calibration, network, family)
 
 
 @torch.no_grad()
-def fold_evidence(cfg: Config, setup: TrainingSetup, model: MetaADModel, network: MetaADModel, family: str) -> HeldOutFold:
-    device = next(model.parameters()).device
-    normal = torch.as_tensor(setup.calibration_x, dtype=torch.float32, device=device)
+def fold_evidence(
+    cfg: Config, setup: TrainingSetup, model: MetaADModel, calibration: Calibration, network: MetaADModel, family: str
+) -> HeldOutFold:
+    device = calibration.normal.device
     shots = torch.as_tensor(setup.scaler.transform(setup.view.budget_x[family]), dtype=torch.float32, device=device)
-    reference = network.network_score(normal, cfg.model.score).sort().values
+    normal_network = network.network_score(calibration.normal, cfg.model.score)
+    reference = normal_network.sort().values
 
-    def evidence(x: torch.Tensor) -> np.ndarray:
-        own = tail_evidence(reference, network.network_score(x, cfg.model.score))
-        return torch.cat([own[None], model.memory.one_class_evidence(x)]).cpu().numpy()
+    def network_evidence(score: torch.Tensor) -> torch.Tensor:
+        return tail_evidence(reference, score)[None]
 
-    return HeldOutFold(family, evidence(normal), evidence(shots))
+    normal = torch.cat([network_evidence(normal_network), calibration.one_class])
+    shot = torch.cat([network_evidence(network.network_score(shots, cfg.model.score)), model.memory.one_class_evidence(shots)])
+    return HeldOutFold(family, normal.cpu().numpy(), shot.cpu().numpy())
 
 
 def finish_training(
@@ -102,7 +116,9 @@ def finish_training(
         model.memory.set_weights(candidates[0])
         return model
     families = fold_families(meta, cfg.model.fusion_folds, cfg.seed)
-    folds = [held_out_fold(cfg, setup, model, family, fit) for family in families]
+    normal = torch.as_tensor(setup.calibration_x, dtype=torch.float32, device=next(model.parameters()).device)
+    calibration = Calibration(normal, model.memory.one_class_evidence(normal))
+    folds = [held_out_fold(cfg, setup, model, calibration, family, fit) for family in families]
     chosen, means = choose_weights(candidates, folds)
     model.memory.set_weights(chosen)
     if not cfg.quiet:
