@@ -84,6 +84,9 @@ class ModelConfig:
     temperature_min: float = 0.3
     temperature_max: float = 1.05
     score: str = "msp"  # msp: 1 - max softmax | energy: -T logsumexp(logits / T)
+    # ODIN input perturbation x + eps * sign(grad_x log S(x)) (METHOD.md section 5), applied
+    # in the outer loop and when scoring; 0 = off. Part of the model: checkpoints carry it.
+    odin_epsilon: float = 0.0
     # Normal memory (model/memory.py): training normal rows kept for one-class evidence (kNN
     # distance, isolation depth) fused with the network score, calibrated on validation normal
     # rows. 0 rows switches it off.
@@ -140,6 +143,14 @@ class MetaConfig:
         default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.0)
     )
     warmup_episodes: int = 0  # inner loop only for the first episodes
+    # Options of METHOD.md section 5 (meta/pcgrad.py, meta/curriculum.py); off until an
+    # ablation (benchmarks/ablations.py) shows they raise held-out AUROC.
+    pcgrad: bool = False  # drop the part of each family's outer gradient that fights the inner one
+    # > 0: each outer update uses this many meta families, the hardest (lowest confidence
+    # margin) drawn most often; needs every meta family in every episode (meta_per_episode=0).
+    curriculum_families: int = 0
+    curriculum_temperature: float = 0.1  # softmax temperature over -margin (smaller: greedier)
+    curriculum_momentum: float = 0.9  # moving average of each family's margin across episodes
 
 
 @dataclass

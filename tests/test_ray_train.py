@@ -178,6 +178,27 @@ def test_rerun_with_the_same_name_resumes(uninterrupted, compose, tmp_path):
     assert max_difference(trained_state(second), expected) < TOLERANCE
 
 
+def test_section5_options_resume_exactly_under_two_workers(ray_local, compose, tmp_path):
+    """PCGrad, the hard-OOD curriculum and ODIN switched on. The curriculum's margins are averaged
+    over workers and checkpointed, so a run stopped at episode 6 and rerun ends where an unbroken
+    run ends (unsynchronised margins would differ on worker 1 and change its draws on resume)."""
+    options = [*SMALL, "meta.pcgrad=true", "meta.curriculum_families=1", "model.odin_epsilon=0.01",
+               "model.fusion_candidates=[[1,1,1]]",  # one candidate: no fusion retraining (not under test)
+               f"storage.root={tmp_path}"]
+    straight = compose(*options, "run=straight")
+    history = train_ray(straight).metrics["history"]
+    assert all(h["param_spread"] == 0.0 and h["curriculum_spread"] == 0.0 for h in history)
+    train_ray(compose(*options, "run=grown", "meta.episodes=6"))
+    resumed = compose(*options, "run=grown")
+    assert train_ray(resumed).metrics["trainer"]["resumed_at_episode"] == 6
+    assert max_difference(trained_state(resumed), trained_state(straight)) < TOLERANCE
+    state = read_state((tmp_path / "straight" / "checkpoint_000000012" / STATE_FILE).read_bytes(), "ckpt")
+    margins = state["learner"]["curriculum"]["margins"]
+    assert sorted(margins) == sorted(straight.data.meta) and len(set(margins.values())) == len(margins)
+    trained, _ = load_run(run_location(straight))
+    assert trained.model.odin_epsilon == 0.01  # scoring perturbs too
+
+
 def test_corrupt_checkpoint_is_one_clear_error(ray_local, compose, tmp_path):
     overrides = [*SMALL, f"storage.root={tmp_path}", "run=corrupt", "trainer.max_failures=0"]
     train_ray(compose(*overrides, "meta.episodes=2"))

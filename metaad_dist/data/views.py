@@ -99,6 +99,17 @@ def check_meta_config(meta: MetaConfig) -> None:
     for key in ("k_shot", "budget", "n_support", "n_query", "episodes"):
         if getattr(meta, key) < 1:
             raise ConfigError(f"meta.{key}={getattr(meta, key)}; expected a positive integer")
+    if meta.curriculum_families < 0:
+        raise ConfigError(f"meta.curriculum_families={meta.curriculum_families}; expected an integer >= 0 (0 switches it off)")
+    if meta.curriculum_families > 0 and meta.meta_per_episode != 0:
+        raise ConfigError(
+            f"meta.curriculum_families={meta.curriculum_families} with meta.meta_per_episode={meta.meta_per_episode}; "
+            "expected meta.meta_per_episode=0 (the curriculum picks among every meta family in each episode)"
+        )
+    if meta.curriculum_temperature <= 0:
+        raise ConfigError(f"meta.curriculum_temperature={meta.curriculum_temperature}; expected a number > 0")
+    if not 0 <= meta.curriculum_momentum < 1:
+        raise ConfigError(f"meta.curriculum_momentum={meta.curriculum_momentum}; expected a number in [0, 1)")
 
 
 def build_training_view(

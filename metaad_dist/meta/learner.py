@@ -7,8 +7,14 @@ For one episode:
 No gradient flows through the inner trajectory into the outer update (first-order; the
 authors freeze the encoder in the outer loop), so no meta-learning library is needed.
 
+Section 5's options, each off by default: ODIN input perturbation of the outer loop's rows
+(`model.odin_epsilon`), PCGrad between the inner gradient and each family's outer gradient
+(`meta.pcgrad`), and the hard-OOD curriculum (`meta.curriculum_families`).
+
 `grad_sync` is called between backward and step; Ray Train workers pass an all-reduce that
-averages gradients so every worker keeps identical parameters. One process passes nothing.
+averages gradients so every worker keeps identical parameters. `stat_sync` averages a tensor of
+statistics the same way (the curriculum's margins), so workers also keep identical curricula.
+One process passes neither.
 """
 from __future__ import annotations
 
@@ -18,11 +24,14 @@ import torch
 
 from metaad_dist.config import MetaConfig
 from metaad_dist.episodes.episode import Episode
+from metaad_dist.meta.curriculum import HardFamilyCurriculum
 from metaad_dist.meta.losses import inner_loss, outer_loss
 from metaad_dist.meta.optim import make_optimizer
+from metaad_dist.meta.pcgrad import assign_flat_grad, flat_grad, project_conflicting
 from metaad_dist.model.networks import MetaADModel
 
 GradSync = Callable[[list[torch.nn.Parameter]], None]
+StatSync = Callable[[torch.Tensor], torch.Tensor]
 
 
 class MetaLearner:
@@ -32,11 +41,18 @@ class MetaLearner:
         cfg: MetaConfig,
         device: torch.device,
         grad_sync: Optional[GradSync] = None,
+        seed: int = 0,
+        stat_sync: Optional[StatSync] = None,
     ):
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
         self.grad_sync = grad_sync
+        self.stat_sync = stat_sync
+        self.curriculum = (
+            HardFamilyCurriculum(cfg.curriculum_families, cfg.curriculum_temperature, cfg.curriculum_momentum, seed)
+            if cfg.curriculum_families > 0 else None
+        )
         self.inner_params = model.inner_parameters()
         if cfg.inner_updates_head:
             self.inner_params += model.class_parameters()
@@ -50,6 +66,9 @@ class MetaLearner:
     def _apply(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, clip: float) -> None:
         self.model.zero_grad(set_to_none=True)
         loss.backward()
+        self._step(params, opt, clip)
+
+    def _step(self, params: list, opt: torch.optim.Optimizer, clip: float) -> None:
         if self.grad_sync is not None:
             self.grad_sync(params)
         if clip > 0:
@@ -61,12 +80,64 @@ class MetaLearner:
         self._apply(loss, self.inner_params, self.inner_opt, self.cfg.inner_optimizer.grad_clip)
         return metrics
 
-    def outer_step(self, query_x: torch.Tensor, query_y: torch.Tensor, shots_x: torch.Tensor) -> dict:
+    def outer_step(
+        self,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+        shots_x: torch.Tensor,
+        shots_family: Optional[torch.Tensor] = None,
+        support: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> dict:
+        """One update of head and temperature; with `meta.pcgrad`, per family with gradient surgery
+        against the inner loss on `support` (which it then needs, with `shots_family`)."""
+        query_x, shots_x = self.model.perturb(query_x), self.model.perturb(shots_x)  # ODIN (identity at eps 0)
         with torch.no_grad():  # encoder frozen: the first-order cut
             z_query, z_shots = self.model.encoder(query_x), self.model.encoder(shots_x)
-        loss, metrics = outer_loss(self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x)
-        self._apply(loss, self.outer_params, self.outer_opt, self.cfg.outer_optimizer.grad_clip)
-        return metrics
+        clip = self.cfg.outer_optimizer.grad_clip
+        if not self.cfg.pcgrad:
+            loss, metrics = outer_loss(self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x)
+            self._apply(loss, self.outer_params, self.outer_opt, clip)
+            return metrics
+        if support is None or shots_family is None:
+            raise ValueError("meta.pcgrad needs the support rows and each shot's family")
+        inner, _ = inner_loss(self.model, *support, self.cfg)
+        reference = flat_grad(inner, self.outer_params)
+        grads, per_family = [], []
+        for j in torch.unique(shots_family):
+            rows = shots_family == j
+            loss, metrics = outer_loss(self.model, z_query, query_y, z_shots[rows], self.cfg, query_x, shots_x[rows])
+            grad = flat_grad(loss, self.outer_params)
+            metrics["pcgrad_conflicts"] = (torch.dot(grad, reference) < 0).float()
+            grads.append(project_conflicting(grad, reference))
+            per_family.append(metrics)
+        self.model.zero_grad(set_to_none=True)
+        assign_flat_grad(self.outer_params, torch.stack(grads).mean(dim=0))
+        self._step(self.outer_params, self.outer_opt, clip)
+        # per-family metrics averaged; pcgrad_conflicts is the share of families projected
+        return {k: torch.stack([m[k] for m in per_family]).mean() for k in per_family[0]}
+
+    @torch.no_grad()
+    def family_margins(self, query_x: torch.Tensor, shots_x: torch.Tensor, shots_family: torch.Tensor) -> torch.Tensor:
+        """mean S(query) - mean S(shots of family j), for each family index j of the episode."""
+        s_q = self.model.confidence(self.model.perturb(query_x)).mean()
+        s_s = self.model.confidence(self.model.perturb(shots_x))
+        count = int(shots_family.max()) + 1
+        sums = torch.zeros(count, device=s_s.device).index_add_(0, shots_family, s_s)
+        counts = torch.bincount(shots_family, minlength=count).clamp_min(1)
+        return s_q - sums / counts
+
+    def curriculum_rows(self, episode: Episode, query_x: torch.Tensor, shots_x: torch.Tensor, shots_family: torch.Tensor):
+        """Update the margins with this episode and keep only the shots of the families it picks."""
+        margins = self.family_margins(query_x, shots_x, shots_family)
+        if self.stat_sync is not None:
+            margins = self.stat_sync(margins)
+        self.curriculum.observe({f: float(m) for f, m in zip(episode.meta_families, margins)})
+        picked = self.curriculum.choose(list(episode.meta_families), episode.index)
+        keep = torch.as_tensor(
+            [episode.meta_families.index(f) for f in picked], dtype=shots_family.dtype, device=shots_family.device
+        )
+        rows = torch.isin(shots_family, keep)
+        return shots_x[rows], shots_family[rows]
 
     def step(self, episode: Episode, outer: bool = True) -> dict[str, float]:
         """One episode: inner loop on the support rows, then (unless ablated) the outer loop."""
@@ -77,19 +148,26 @@ class MetaLearner:
             metrics.update(self.inner_step(sx, sy))
         if outer and self.cfg.outer_steps > 0:
             qx, qy = self._tensor(episode.query_x), self._tensor(episode.query_y, torch.long)
-            shots = self._tensor(episode.shots_x)
+            shots, family = self._tensor(episode.shots_x), self._tensor(episode.shots_family, torch.long)
+            if self.curriculum is not None:
+                shots, family = self.curriculum_rows(episode, qx, shots, family)
             for _ in range(self.cfg.outer_steps):
-                metrics.update(self.outer_step(qx, qy, shots))
+                metrics.update(self.outer_step(qx, qy, shots, family, (sx, sy)))
         return {k: float(v) for k, v in metrics.items()}
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "inner_opt": self.inner_opt.state_dict(),
             "outer_opt": self.outer_opt.state_dict(),
         }
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.inner_opt.load_state_dict(state["inner_opt"])
         self.outer_opt.load_state_dict(state["outer_opt"])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(state.get("curriculum", {"margins": {}}))

@@ -69,7 +69,7 @@ def fit_network(
 ) -> tuple[MetaADModel, list[dict]]:
     """The episode loop: the network alone (normal memory not filled) and its metrics history."""
     device = configure_torch(cfg.trainer)
-    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device)
+    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, seed=cfg.seed)
     history: list[dict] = []
     start = time.perf_counter()
     label = "method" if outer else "inner-only"

@@ -116,6 +116,12 @@ class GradientAverager:
                 offset += n
         self.seconds += time.perf_counter() - started
 
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of `values` over workers (statistics that must agree, e.g. curriculum margins)."""
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values / dist.get_world_size()
+
 
 def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
     keys = sorted(values)
@@ -127,7 +133,16 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
 
 def parameter_spread(model: torch.nn.Module) -> float:
     """Largest difference of any parameter between workers (0.0 when they are in sync)."""
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return spread(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+
+
+def curriculum_spread(learner: MetaLearner, device: torch.device) -> float:
+    """Largest difference of a curriculum margin between workers (0.0 when they are in sync)."""
+    margins = learner.curriculum.margins
+    return spread(torch.tensor([margins[f] for f in sorted(margins)], dtype=torch.float64, device=device))
+
+
+def spread(flat: torch.Tensor) -> float:
     hi, lo = flat.clone(), flat.clone()
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
@@ -194,7 +209,10 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
     setup = prepare_training(cfg)
     averager = GradientAverager()
-    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, averager if world > 1 else None)
+    learner = MetaLearner(
+        setup.build_model(cfg.seed), cfg.meta, device, averager if world > 1 else None,
+        seed=cfg.seed, stat_sync=averager.mean if world > 1 else None,
+    )
     source = open_episode_source(cfg, setup, world)
     steps = total_steps(cfg.meta.episodes, world)
 
@@ -237,6 +255,8 @@ def train_worker(config: dict) -> None:
         if world > 1:
             row = mean_over_workers(row, device)
             row["param_spread"] = parameter_spread(learner.model)
+            if learner.curriculum is not None and learner.curriculum.margins:
+                row["curriculum_spread"] = curriculum_spread(learner, device)
         row.update(episode=done, step=s + 1)
         if validate and rank == 0:
             auroc = validation_auroc(learner.model, setup, cfg.model.score, device)

@@ -50,6 +50,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     for key, low in minimum.items():
         if getattr(cfg, key) < low:
             raise ConfigError(f"model.{key}={getattr(cfg, key)}; expected an integer >= {low}")
+    if cfg.odin_epsilon < 0:
+        raise ConfigError(f"model.odin_epsilon={cfg.odin_epsilon}; expected a number >= 0 (0 switches it off)")
     if cfg.fusion_folds < 1:
         raise ConfigError(f"model.fusion_folds={cfg.fusion_folds}; expected an integer >= 1")
     if fusion_candidates(cfg) is None:
@@ -90,6 +92,7 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows
         "calibration_rows": calibration_rows,
         "isolation_trees": cfg.memory_isolation_trees,
         "isolation_samples": cfg.memory_isolation_samples,
+        "odin_epsilon": cfg.odin_epsilon,
     }
 
 
