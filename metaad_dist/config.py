@@ -148,6 +148,7 @@ class MetaConfig:
     pcgrad: bool = False  # drop the part of each family's outer gradient that fights the inner one
     # > 0: each outer update uses this many meta families, the hardest (lowest confidence
     # margin) drawn most often; needs every meta family in every episode (meta_per_episode=0).
+    # With N or fewer meta families (e.g. a fusion sub-run) every family is used, as without it.
     curriculum_families: int = 0
     curriculum_temperature: float = 0.1  # softmax temperature over -margin (smaller: greedier)
     curriculum_momentum: float = 0.9  # moving average of each family's margin across episodes

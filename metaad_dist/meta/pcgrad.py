@@ -20,9 +20,9 @@ def project_conflicting(grad: torch.Tensor, reference: torch.Tensor) -> torch.Te
     return grad - (dot / norm2) * reference
 
 
-def flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], retain_graph: bool = False) -> torch.Tensor:
+def flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
     """d loss / d params as one flat vector; parameters the loss does not reach give zeros."""
-    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
 
 

@@ -116,18 +116,17 @@ class GradientAverager:
                 offset += n
         self.seconds += time.perf_counter() - started
 
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
-        """The mean of `values` over workers (statistics that must agree, e.g. curriculum margins)."""
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values / dist.get_world_size()
+
+def mean_over_workers_tensor(values: torch.Tensor) -> torch.Tensor:
+    """The elementwise mean of `values` over workers (e.g. the curriculum's margins, which must agree)."""
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / dist.get_world_size()
 
 
 def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= dist.get_world_size()
+    t = mean_over_workers_tensor(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device))
     return dict(zip(keys, t.tolist()))
 
 
@@ -211,7 +210,7 @@ def train_worker(config: dict) -> None:
     averager = GradientAverager()
     learner = MetaLearner(
         setup.build_model(cfg.seed), cfg.meta, device, averager if world > 1 else None,
-        seed=cfg.seed, stat_sync=averager.mean if world > 1 else None,
+        seed=cfg.seed, stat_sync=mean_over_workers_tensor if world > 1 else None,
     )
     source = open_episode_source(cfg, setup, world)
     steps = total_steps(cfg.meta.episodes, world)
