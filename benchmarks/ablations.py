@@ -39,6 +39,10 @@ VARIANTS = [
     ("ODIN input perturbation, eps 2e-2", ["model.odin_epsilon=0.02"]),
     ("PCGrad: family outer gradients vs the inner gradient", ["meta.pcgrad=true"]),
     ("hard-OOD curriculum: 2 families per outer update, hardest most often", ["meta.curriculum_families=2"]),
+    # A fourth evidence: reconstruction error of an autoencoder fitted on the memory rows, with
+    # the choice narrowed to network-led vs one-class-led (kNN + isolation + reconstruction).
+    ("reconstruction evidence (autoencoder [64,32]), fusion [1,0.5,0,0] or [0,1,1,1]",
+     ["model.memory_autoencoder_hidden=[64,32]", "model.fusion_candidates=[[1,0.5,0,0],[0,1,1,1]]"]),
 ]
 
 

@@ -95,7 +95,14 @@ class ModelConfig:
     memory_isolation_trees: int = 100  # isolation forest on the memory rows (0 = kNN only)
     memory_isolation_samples: int = 256  # rows per tree (Liu et al.'s default)
     memory_calibration_rows: int = 10000
-    # Fusion weights of the (network, kNN, isolation) evidences. With several candidates the run
+    # Autoencoder fitted on the memory rows (model/autoencoder.py): its reconstruction error is
+    # the fourth evidence. [] switches it off; epochs / lr / batch of its AdamW fit.
+    memory_autoencoder_hidden: list[int] = field(default_factory=list)
+    memory_autoencoder_epochs: int = 150
+    memory_autoencoder_lr: float = 1e-3
+    memory_autoencoder_batch: int = 128
+    # Fusion weights of the (network, kNN, isolation, reconstruction) evidences; a candidate of
+    # three leaves the reconstruction weight at 0. With several candidates the run
     # picks one by leave-one-meta-family-out on its own meta families (train/fusion.py); ties
     # and runs with a single meta family take the first.
     # (list[Any]: OmegaConf would refuse integer weights such as [[0,1,1]] in list[list[float]].)

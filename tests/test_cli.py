@@ -108,10 +108,11 @@ def test_evaluate_prints_table_and_writes_report(trained_run, capsys):
     assert {"threshold", "precision", "recall", "f1"} <= set(metrics["operating_point"])
     # The fusion weights the run chose among the configured candidates are reported.
     from metaad_dist.config import ModelConfig
+    from metaad_dist.train.setup import fusion_candidates
 
-    assert metrics["fusion_weights"] in [[float(w) for w in c] for c in ModelConfig().fusion_candidates]
+    assert metrics["fusion_weights"] in fusion_candidates(ModelConfig())
     assert "## Held-out families" in (report / "report.md").read_text()
-    assert "Fusion weights (network, kNN, isolation)" in (report / "report.md").read_text()
+    assert "Fusion weights (network, knn, isolation, reconstruction)" in (report / "report.md").read_text()
     for png in ("roc_held_out.png", "score_histogram.png", "auroc_vs_budget.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from metaad_dist.train.fusion import HeldOutFold, choose_weights, finish_training, fold_families
+from metaad_dist.train.setup import fusion_candidates
 
 
 def fold(rng, shots_shift):
@@ -46,21 +47,27 @@ def fit_recorder(calls):
     return fit
 
 
-@pytest.mark.parametrize("candidates, trains", [("[[1,1,1],[1,0.5,0],[0,1,1]]", 2), ("[[0,1,1]]", 0)])
-def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates, trains, capsys):
+@pytest.mark.parametrize("candidates, trains, extra", [
+    ("[[1,1,1],[1,0.5,0],[0,1,1]]", 2, []),
+    ("[[0,1,1]]", 0, []),
+    # With the reconstruction evidence: the memory's autoencoder is fitted once, on the full run.
+    ("[[1,0.5,0,0],[0,1,1,1]]", 2, ["model.memory_autoencoder_hidden=[16,8]", "model.memory_autoencoder_epochs=3"]),
+])
+def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates, trains, extra, capsys):
     from metaad_dist.train.local import fit_network
     from metaad_dist.train.setup import prepare_training
 
     cfg = compose(
         "data=digits", "model=mlp", "meta.episodes=20", "trainer.validate_every=1000", "quiet=false",
-        f"model.fusion_candidates={candidates}", "model.memory_rows=300", "model.memory_calibration_rows=100",
+        f"model.fusion_candidates={candidates}", "model.memory_rows=300", "model.memory_calibration_rows=100", *extra,
     )
     setup = prepare_training(cfg)
     model, _ = fit_network(cfg, setup, log=lambda _: None)
     calls = []
     finish_training(cfg, setup, model, fit_recorder(calls))
     weights = model.memory.weights.tolist()
-    assert weights in [list(map(float, c)) for c in cfg.model.fusion_candidates]
+    assert weights in fusion_candidates(cfg.model)
+    assert (model.memory.autoencoder is not None) == bool(extra)
     assert len(calls) == trains
     meta = list(cfg.data.meta)
     for (sub_meta, sub_held_out, budget_families), family in zip(calls, meta):

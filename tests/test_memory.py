@@ -108,14 +108,20 @@ def test_tensor_isolation_forest_ranks_exactly_as_scikit_learn():
     ("model.memory_isolation_samples=1", "model.memory_isolation_samples=1; expected an integer >= 2"),
     ("model.background_hidden=[0]", "model.background_hidden=[0]; expected positive layer sizes"),
     ("model.fusion_candidates=[[1,1]]",
-     "model.fusion_candidates=[[1, 1]]; expected a non-empty list of [network, knn, isolation] "
-     "weight triples, each >= 0 and not all 0"),
+     "model.fusion_candidates=[[1, 1]]; expected a non-empty list of [network, knn, isolation, "
+     "reconstruction] weights (the last may be left out: 0), each >= 0 and not all 0"),
     ("model.fusion_candidates=[[0,0,0]]",
-     "model.fusion_candidates=[[0, 0, 0]]; expected a non-empty list of [network, knn, isolation] "
-     "weight triples, each >= 0 and not all 0"),
+     "model.fusion_candidates=[[0, 0, 0]]; expected a non-empty list of [network, knn, isolation, "
+     "reconstruction] weights (the last may be left out: 0), each >= 0 and not all 0"),
     ("model.fusion_candidates=[[1,x,1]]",
-     "model.fusion_candidates=[[1, 'x', 1]]; expected a non-empty list of [network, knn, isolation] "
-     "weight triples, each >= 0 and not all 0"),
+     "model.fusion_candidates=[[1, 'x', 1]]; expected a non-empty list of [network, knn, isolation, "
+     "reconstruction] weights (the last may be left out: 0), each >= 0 and not all 0"),
+    ("model.fusion_candidates=[[0,1,1,1]]",
+     "model.fusion_candidates gives the reconstruction evidence a weight but model.memory_autoencoder_hidden is []; "
+     "expected a layer list such as [64, 32] to fit the autoencoder, or reconstruction weights of 0"),
+    ("model.memory_autoencoder_hidden=[64,0]", "model.memory_autoencoder_hidden=[64, 0]; expected positive layer sizes"),
+    ("model.memory_autoencoder_epochs=0", "model.memory_autoencoder_epochs=0; expected an integer >= 1"),
+    ("model.memory_autoencoder_lr=0", "model.memory_autoencoder_lr=0.0; expected a number > 0"),
     ("model.fusion_folds=0", "model.fusion_folds=0; expected an integer >= 1"),
     ("model.memory_calibration_rows=-5", "model.memory_calibration_rows=-5; expected an integer >= 20"),
 ])
@@ -126,3 +132,64 @@ def test_bad_memory_settings_are_one_line_errors(compose, override, message):
     with pytest.raises(ConfigError) as err:
         prepare_training(compose("data=digits", override))
     assert str(err.value) == message
+
+
+def low_rank_rows(n, seed, dim=8, rank=2):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank, dim, generator=torch.Generator().manual_seed(0))
+    return torch.randn(n, rank, generator=g) @ basis + 0.05 * torch.randn(n, dim, generator=g)
+
+
+def test_autoencoder_ranks_rows_that_break_the_normal_structure_high_and_is_reproducible():
+    from metaad_dist.model.autoencoder import NormalAutoencoder
+
+    normal, test_normal = low_rank_rows(2000, 1), low_rank_rows(300, 2)
+    # Each column shuffled on its own: every feature keeps its normal marginal, the joint
+    # structure is gone; only an evidence that models combinations of features sees it.
+    shuffled = torch.stack([c[torch.randperm(len(c), generator=torch.Generator().manual_seed(i))]
+                            for i, c in enumerate(low_rank_rows(300, 3).T)], dim=1)
+    ae = NormalAutoencoder(8, [16, 4])
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    ae.fit(normal, epochs=30, lr=3e-3, batch_size=64, seed=7)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), before)  # the caller's random stream is untouched
+    errors = ae.reconstruction_error(torch.cat([test_normal, shuffled]))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score([0] * 300 + [1] * 300, errors.numpy()) > 0.95
+    again = NormalAutoencoder(8, [16, 4])
+    again.fit(normal, epochs=30, lr=3e-3, batch_size=64, seed=7)
+    assert torch.equal(again.reconstruction_error(shuffled), ae.reconstruction_error(shuffled))
+    assert not any(p.requires_grad for p in ae.parameters())  # fitted once; no optimiser moves it
+
+
+AE_ARGS = dict(ARGS, autoencoder_hidden=[8, 4], autoencoder_fit=[20, 3e-3, 64])
+
+
+def test_the_reconstruction_evidence_is_fused_and_travels_with_a_checkpoint():
+    torch.manual_seed(0)
+    model = MetaADModel(8, 3, **AE_ARGS).eval()
+    model.fill_memory(low_rank_rows(200, 1), low_rank_rows(100, 2), "msp", seed=3)
+    mem = model.memory
+    assert mem.parts == [0, 1, 2, 3] and mem.reference.shape[0] == 4
+    x = torch.cat([low_rank_rows(20, 4), low_rank_rows(20, 5) * torch.tensor([1.0, -1.0] * 4)])
+    mem.set_weights([0.0, 0.0, 0.0, 1.0])
+    expected = mem.evidence(mem.autoencoder.reconstruction_error(x), 3)
+    assert torch.allclose(model.anomaly_score(x), expected)
+    mem.set_weights([0.5, 1.0, 1.0, 1.0])
+    fused = model.anomaly_score(x)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    rebuilt = MetaADModel(8, 3, **AE_ARGS).eval()
+    rebuilt.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert torch.allclose(rebuilt.anomaly_score(x), fused)
+
+
+def test_a_checkpoint_with_three_fusion_weights_still_loads():
+    model = filled_model()
+    state = model.state_dict()
+    state["memory.weights"] = torch.tensor([1.0, 0.5, 0.0])  # written before the reconstruction part
+    rebuilt = MetaADModel(4, 3, **ARGS).eval()
+    rebuilt.load_state_dict(state)
+    assert rebuilt.memory.weights.tolist() == [1.0, 0.5, 0.0, 0.0]

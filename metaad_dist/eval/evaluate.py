@@ -100,7 +100,7 @@ def evaluate_run(cfg, log=print) -> dict:
         "run": location.uri,
         "scaler": run_cfg.data.scaler,
         "budget": int(run_cfg.meta.budget),
-        # (network, kNN, isolation) evidence weights the run chose; None without a normal memory.
+        # (network, kNN, isolation, reconstruction) evidence weights the run chose; None without a memory.
         "fusion_weights": trained.model.memory.weights.tolist() if trained.model.memory is not None else None,
         "held_out": held_out,
         "seen_meta": seen,

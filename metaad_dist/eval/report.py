@@ -1,6 +1,8 @@
 """Plain-text tables of evaluation results."""
 from __future__ import annotations
 
+from metaad_dist.model.memory import COMPONENTS
+
 
 def results_table(results: dict[str, dict[str, dict]], title: str) -> str:
     """results[method][family] = metrics; 'overall' first, then families in order."""
@@ -27,7 +29,7 @@ def markdown_report(metrics: dict) -> str:
     lines = [f"# Evaluation of {metrics['run']}", "",
              f"Scaler: {metrics['scaler']}; anomaly-shot budget: {metrics['budget']} per meta family; "
              "anomalies are the positive class."
-             + (f" Fusion weights (network, kNN, isolation): {metrics['fusion_weights']}."
+             + (f" Fusion weights ({', '.join(COMPONENTS)}): {metrics['fusion_weights']}."
                 if metrics.get("fusion_weights") else ""), "", "## Held-out families", "",
              "| method | family | AUROC | AUPR | FPR@95 | anomalies |", "|---|---|---|---|---|---|"]
     for method, per_family in metrics["held_out"].items():

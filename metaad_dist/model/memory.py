@@ -14,8 +14,9 @@ empirical distribution of that component on validation normal rows (how surprisi
 for a normal row), and the evidences add up with weights (Fisher's combination of p-values, up
 to a constant factor, when the weights are equal). Above the largest reference value the
 evidence keeps growing linearly in units of the reference inter-quartile range, so extreme rows
-still rank by how extreme they are. The weights (network, kNN, isolation) are a buffer, so a
-checkpoint carries the ones its run chose (train/fusion.py).
+still rank by how extreme they are. The weights (network, kNN, isolation, reconstruction) are
+a buffer, so a checkpoint carries the ones its run chose (train/fusion.py); a part the memory
+does not have (no forest, no autoencoder) gives no evidence, whatever its weight.
 """
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from typing import Sequence
+
+from metaad_dist.model.autoencoder import NormalAutoencoder
 from metaad_dist.model.isolation import TensorIsolationForest
 
-COMPONENTS = ("network", "knn", "isolation")  # the order of evidences and fusion weights
+COMPONENTS = ("network", "knn", "isolation", "reconstruction")  # the order of evidences and fusion weights
 
 
 def tail_evidence(reference: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -40,7 +44,15 @@ def tail_evidence(reference: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
 
 class NormalMemory(nn.Module):
     def __init__(
-        self, in_dim: int, rows: int, k: int, calibration_rows: int, isolation_trees: int = 0, isolation_samples: int = 256
+        self,
+        in_dim: int,
+        rows: int,
+        k: int,
+        calibration_rows: int,
+        isolation_trees: int = 0,
+        isolation_samples: int = 256,
+        autoencoder_hidden: Sequence[int] = (),
+        autoencoder_fit: Sequence[float] = (150, 1e-3, 128),
     ):
         super().__init__()
         if rows < k:
@@ -51,11 +63,22 @@ class NormalMemory(nn.Module):
             TensorIsolationForest(*TensorIsolationForest.shape_for(isolation_trees, min(isolation_samples, rows)))
             if isolation_trees > 0 else None
         )
-        # Sorted validation-normal scores per component: network, knn[, isolation].
-        components = 3 if self.forest is not None else 2
-        self.register_buffer("reference", torch.zeros(components, calibration_rows))
+        self.autoencoder = NormalAutoencoder(in_dim, autoencoder_hidden) if len(autoencoder_hidden) else None
+        self.autoencoder_fit = tuple(autoencoder_fit)  # (epochs, lr, batch size)
+        # Indices into COMPONENTS of the parts this memory has, in evidence order.
+        self.parts = [0, 1] + ([2] if self.forest is not None else []) + ([3] if self.autoencoder is not None else [])
+        # Sorted validation-normal scores per part: network, knn[, isolation][, reconstruction].
+        self.register_buffer("reference", torch.zeros(len(self.parts), calibration_rows))
         self.register_buffer("weights", torch.ones(len(COMPONENTS)))
         self.register_buffer("ready", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the reconstruction part carry three weights: its weight is 0.
+        key = prefix + "weights"
+        if key in state_dict and state_dict[key].numel() < len(COMPONENTS):
+            old = state_dict[key]
+            state_dict[key] = torch.cat([old, old.new_zeros(len(COMPONENTS) - old.numel())])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def knn_distance(self, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -71,32 +94,47 @@ class NormalMemory(nn.Module):
         scores = [self.knn_distance(x)]
         if self.forest is not None:
             scores.append(self.forest.anomaly_score(x))
+        if self.autoencoder is not None:
+            scores.append(self.autoencoder.reconstruction_error(x))
         return scores
 
     @torch.no_grad()
     def fill(self, normal_x: torch.Tensor, val_normal_x: torch.Tensor, network_ref: torch.Tensor, seed: int) -> None:
-        """Store the memory rows, grow the forest on them, and keep sorted validation-normal scores."""
+        """Store the memory rows, grow the forest and fit the autoencoder on them, and keep sorted
+        validation-normal scores."""
         self.bank.copy_(normal_x)
         if self.forest is not None:
             self.forest.fit(normal_x.cpu().numpy().astype(np.float32), seed)
+        if self.autoencoder is not None:
+            epochs, lr, batch_size = self.autoencoder_fit
+            self.autoencoder.fit(normal_x, int(epochs), float(lr), int(batch_size), seed)
         refs = torch.stack([network_ref, *self.one_class_scores(val_normal_x)])
         self.reference.copy_(refs.sort(dim=1).values)
         self.ready.fill_(True)
 
-    def evidence(self, score: torch.Tensor, component: int) -> torch.Tensor:
-        return tail_evidence(self.reference[component], score)
+    def evidence(self, score: torch.Tensor, row: int) -> torch.Tensor:
+        """Evidence of `score` against reference row `row` (the part self.parts[row])."""
+        return tail_evidence(self.reference[row], score)
 
     @torch.no_grad()
     def one_class_evidence(self, x: torch.Tensor) -> torch.Tensor:
-        """(components - 1, rows): kNN [, isolation] evidence of each row."""
-        return torch.stack([self.evidence(s, i) for i, s in enumerate(self.one_class_scores(x), start=1)])
+        """(len(COMPONENTS) - 1, rows): kNN, isolation and reconstruction evidence of each row,
+        zero for a part this memory does not have."""
+        out = x.new_zeros(len(COMPONENTS) - 1, len(x))
+        for part, score in zip(self.parts[1:], self.one_class_scores(x)):
+            out[part - 1] = self.evidence(score, self.parts.index(part))
+        return out
+
+    def network_evidence(self, network_score: torch.Tensor) -> torch.Tensor:
+        return self.evidence(network_score, 0)
 
     @torch.no_grad()
     def fuse(self, network_score: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Weighted sum of the network's and the one-class evidences."""
-        evidence = torch.cat([self.evidence(network_score, 0)[None], self.one_class_evidence(x)])
-        return (self.weights[: len(evidence), None] * evidence).sum(dim=0)
+        evidence = torch.cat([self.network_evidence(network_score)[None], self.one_class_evidence(x)])
+        return self.weights @ evidence
 
     def set_weights(self, weights) -> None:
-        """Fusion weights (network, kNN, isolation); the isolation one is unused without a forest."""
+        """Fusion weights (network, kNN, isolation[, reconstruction]); a missing last one is 0."""
+        weights = list(weights) + [0.0] * (len(COMPONENTS) - len(weights))
         self.weights.copy_(torch.as_tensor(weights, dtype=self.weights.dtype))

@@ -11,18 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from metaad_dist.model.layers import mlp
 from metaad_dist.model.memory import NormalMemory
-
-
-def mlp(dims: Sequence[int], dropout: float = 0.0, final_activation: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(dims) - 2 or final_activation:
-            layers.append(nn.ReLU())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
 
 
 class BoundedTemperature(nn.Module):
@@ -104,6 +94,8 @@ class MetaADModel(nn.Module):
         calibration_rows: int = 0,
         isolation_trees: int = 0,
         isolation_samples: int = 256,
+        autoencoder_hidden: Sequence[int] = (),
+        autoencoder_fit: Sequence[float] = (150, 1e-3, 128),
         odin_epsilon: float = 0.0,
     ):
         super().__init__()
@@ -122,7 +114,10 @@ class MetaADModel(nn.Module):
         self.temperature = BoundedTemperature(temperature_init, temperature_min, temperature_max)
         # Filled after training (fill_memory); until then scores are the network's alone.
         self.memory = (
-            NormalMemory(in_dim, memory_rows, memory_k, calibration_rows, isolation_trees, isolation_samples)
+            NormalMemory(
+                in_dim, memory_rows, memory_k, calibration_rows, isolation_trees, isolation_samples,
+                autoencoder_hidden, autoencoder_fit,
+            )
             if memory_rows > 0 else None
         )
 

@@ -42,14 +42,17 @@ def resolve_device(name: str) -> torch.device:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """One-line errors for model settings that would otherwise fail deep inside torch or sklearn."""
-    for key in ("hidden_dims", "background_hidden"):
+    for key in ("hidden_dims", "background_hidden", "memory_autoencoder_hidden"):
         if any(d <= 0 for d in getattr(cfg, key)):
             raise ConfigError(f"model.{key}={list(getattr(cfg, key))}; expected positive layer sizes")
     minimum = {"memory_rows": 0, "memory_k": 1, "memory_isolation_trees": 0, "memory_isolation_samples": 2,
-               "memory_calibration_rows": MIN_CALIBRATION_ROWS, "pseudo_classes": 1}
+               "memory_calibration_rows": MIN_CALIBRATION_ROWS, "pseudo_classes": 1,
+               "memory_autoencoder_epochs": 1, "memory_autoencoder_batch": 1}
     for key, low in minimum.items():
         if getattr(cfg, key) < low:
             raise ConfigError(f"model.{key}={getattr(cfg, key)}; expected an integer >= {low}")
+    if cfg.memory_autoencoder_lr <= 0:
+        raise ConfigError(f"model.memory_autoencoder_lr={cfg.memory_autoencoder_lr}; expected a number > 0")
     if cfg.odin_epsilon < 0:
         raise ConfigError(f"model.odin_epsilon={cfg.odin_epsilon}; expected a number >= 0 (0 switches it off)")
     if cfg.fusion_folds < 1:
@@ -57,18 +60,25 @@ def check_model_config(cfg: ModelConfig) -> None:
     if fusion_candidates(cfg) is None:
         shown = [list(c) if isinstance(c, Sequence) else c for c in cfg.fusion_candidates]
         raise ConfigError(
-            f"model.fusion_candidates={shown}; expected a non-empty list of [{', '.join(COMPONENTS)}] weight triples, each >= 0 and not all 0"
+            f"model.fusion_candidates={shown}; expected a non-empty list of [{', '.join(COMPONENTS)}] weights "
+            f"(the last may be left out: 0), each >= 0 and not all 0"
+        )
+    if not cfg.memory_autoencoder_hidden and any(c[-1] > 0 for c in fusion_candidates(cfg)):
+        raise ConfigError(
+            "model.fusion_candidates gives the reconstruction evidence a weight but model.memory_autoencoder_hidden "
+            "is []; expected a layer list such as [64, 32] to fit the autoencoder, or reconstruction weights of 0"
         )
 
 
 def fusion_candidates(cfg: ModelConfig) -> list[list[float]] | None:
-    """model.fusion_candidates as float triples, or None when they are malformed."""
+    """model.fusion_candidates as one weight per COMPONENTS entry (a left-out reconstruction
+    weight is 0), or None when they are malformed."""
     try:
         candidates = [[float(w) for w in c] for c in cfg.fusion_candidates]
     except (TypeError, ValueError):
         return None
-    ok = candidates and all(len(c) == len(COMPONENTS) and min(c) >= 0 and sum(c) > 0 for c in candidates)
-    return candidates if ok else None
+    ok = candidates and all(len(COMPONENTS) - 1 <= len(c) <= len(COMPONENTS) and min(c) >= 0 and sum(c) > 0 for c in candidates)
+    return [c + [0.0] * (len(COMPONENTS) - len(c)) for c in candidates] if ok else None
 
 
 def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows: int = 0, calibration_rows: int = 0) -> dict:
@@ -92,6 +102,8 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows
         "calibration_rows": calibration_rows,
         "isolation_trees": cfg.memory_isolation_trees,
         "isolation_samples": cfg.memory_isolation_samples,
+        "autoencoder_hidden": list(cfg.memory_autoencoder_hidden),
+        "autoencoder_fit": [cfg.memory_autoencoder_epochs, cfg.memory_autoencoder_lr, cfg.memory_autoencoder_batch],
         "odin_epsilon": cfg.odin_epsilon,
     }
 

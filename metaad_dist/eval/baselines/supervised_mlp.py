@@ -27,7 +27,7 @@ from metaad_dist.eval.baselines.training import (
     Anomalies, Scorer, adam, as_rows, batched, check_net_settings, device_or_cpu, seeded,
     stack_anomalies, steps_per_epoch,
 )
-from metaad_dist.model.networks import mlp
+from metaad_dist.model.layers import mlp
 
 
 def supervised_network(in_dim: int, model: ModelConfig) -> nn.Sequential:
