@@ -110,6 +110,9 @@ class ModelConfig:
         default_factory=lambda: [[1.0, 1.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 1.0]]
     )
     fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
+    # How that choice is made: one_se = the one-standard-error rule leaning away from the network
+    # (train/fusion.py pick_candidate) | best_mean = the best mean AUROC over the held-out folds.
+    fusion_rule: str = "best_mean"
 
 
 @dataclass

@@ -76,3 +76,29 @@ def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates,
         assert set(cfg.data.held_out) <= set(sub_held_out)
     shown = capsys.readouterr().out
     assert ("[fusion] leave-one-family-out over" in shown) == (trains > 0)
+
+
+def test_the_network_led_candidate_must_win_consistently_to_be_chosen():
+    from metaad_dist.train.fusion import pick_candidate
+
+    candidates = [[1, 0.5, 0, 0], [0, 1, 1, 1]]
+    # Ahead on average, but not on every fold: within one standard error, the shot-free one wins.
+    assert pick_candidate(candidates, np.array([[0.99, 0.95, 0.97], [0.96, 0.97, 0.96]])) == 1
+    # Ahead on every fold by more than the spread of the gaps: the network-led one wins.
+    assert pick_candidate(candidates, np.array([[0.93, 0.92, 0.97], [0.84, 0.83, 0.92]])) == 0
+    # The shot-free candidate is chosen when it is best, however the others do.
+    assert pick_candidate(candidates, np.array([[0.90, 0.91], [0.95, 0.99]])) == 1
+    # Among equally good candidates with the same network weight, the higher mean; one fold: best mean.
+    assert pick_candidate([[0, 1, 1, 0], [0, 1, 1, 1]], np.array([[0.95, 0.96], [0.96, 0.96]])) == 1
+    assert pick_candidate(candidates, np.array([[0.97], [0.96]])) == 0
+
+
+def test_the_best_mean_rule_takes_the_best_mean_whatever_the_spread():
+    rng = np.random.default_rng(2)
+    # The network separates the shots of two folds perfectly and misses the third: best mean,
+    # not consistently best.
+    folds = [fold(rng, [9.0, 0.7, 0.7]), fold(rng, [9.0, 0.7, 0.7]), fold(rng, [0.0, 0.7, 0.7])]
+    candidates = [[1, 0, 0], [0, 1, 1]]
+    by_mean, means = choose_weights(candidates, folds, "best_mean")
+    assert by_mean == [1, 0, 0] and means[0] > means[1]
+    assert choose_weights(candidates, folds, "one_se")[0] == [0, 1, 1]

@@ -39,18 +39,44 @@ class HeldOutFold:
     shots: np.ndarray  # that family's budget rows
 
 
-def choose_weights(candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold]) -> tuple[list[float], list[float]]:
-    """The candidate with the best mean AUROC (shots vs normal rows) over folds, the first on
-    ties, and every candidate's mean AUROC."""
-    means = []
-    for weights in candidates:
-        w = np.asarray(weights, dtype=np.float64)
-        aurocs = [
-            detection_metrics(w[: len(f.normal)] @ f.normal, w[: len(f.shots)] @ f.shots)["auroc"] for f in folds
-        ]
-        means.append(float(np.mean(aurocs)))
+def choose_weights(
+    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "one_se"
+) -> tuple[list[float], list[float]]:
+    """The chosen candidate and every candidate's mean AUROC (shots vs normal rows) over folds:
+    `pick_candidate` for rule one_se, the best mean (the first on ties) for best_mean."""
+    aurocs = np.array([
+        [detection_metrics(w[: len(f.normal)] @ f.normal, w[: len(f.shots)] @ f.shots)["auroc"] for f in folds]
+        for w in (np.asarray(c, dtype=np.float64) for c in candidates)
+    ])
+    means = aurocs.mean(axis=1)
+    chosen = pick_candidate(candidates, aurocs) if rule == "one_se" else int(np.argmax(means))
+    return list(candidates[chosen]), means.tolist()
+
+
+def pick_candidate(candidates: Sequence[Sequence[float]], aurocs: np.ndarray) -> int:
+    """Index of the chosen candidate, given aurocs[candidate, fold].
+
+    The one-standard-error rule (Breiman et al., "Classification and Regression Trees", 1984;
+    Hastie, Tibshirani, Friedman, ESL section 7.10), on paired per-fold differences: a candidate
+    is as good as the best one unless the best beats it by more than one standard error of the
+    mean difference over folds; among those, the one that gives the network the least weight
+    wins (then the higher mean, then the first). Why lean away from the network: its evidence is
+    fitted to the seen families' shots and its held-out-meta-family estimate is optimistic (the
+    meta families it keeps resemble the one left out more than truly new families do), while
+    the one-class evidence uses no shots at all. With one fold there is no error estimate: the
+    best mean wins, the first on ties.
+    """
+    means = aurocs.mean(axis=1)
     best = int(np.argmax(means))  # argmax takes the first of equal values
-    return list(candidates[best]), means
+    folds = aurocs.shape[1]
+
+    def as_good_as_best(i: int) -> bool:
+        if i == best or folds < 2:
+            return i == best
+        gap = aurocs[best] - aurocs[i]
+        return gap.mean() <= gap.std(ddof=1) / np.sqrt(folds)
+
+    return min((i for i in range(len(candidates)) if as_good_as_best(i)), key=lambda i: (candidates[i][0], -means[i], i))
 
 
 def fold_families(meta: Sequence[str], folds: int, seed: int) -> list[str]:
@@ -119,7 +145,7 @@ def finish_training(
     normal = torch.as_tensor(setup.calibration_x, dtype=torch.float32, device=next(model.parameters()).device)
     calibration = Calibration(normal, model.memory.one_class_evidence(normal))
     folds = [held_out_fold(cfg, setup, model, calibration, family, fit) for family in families]
-    chosen, means = choose_weights(candidates, folds)
+    chosen, means = choose_weights(candidates, folds, cfg.model.fusion_rule)
     model.memory.set_weights(chosen)
     if not cfg.quiet:
         shown = ", ".join(f"{c} {m:.3f}" for c, m in zip(candidates, means))

@@ -40,6 +40,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device='{name}'; expected auto, cpu, cuda or cuda:N") from None
 
 
+FUSION_RULES = ("one_se", "best_mean")  # how train/fusion.py picks among the fusion candidates
+
+
 def check_model_config(cfg: ModelConfig) -> None:
     """One-line errors for model settings that would otherwise fail deep inside torch or sklearn."""
     for key in ("hidden_dims", "background_hidden", "memory_autoencoder_hidden"):
@@ -55,6 +58,8 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.memory_autoencoder_lr={cfg.memory_autoencoder_lr}; expected a number > 0")
     if cfg.odin_epsilon < 0:
         raise ConfigError(f"model.odin_epsilon={cfg.odin_epsilon}; expected a number >= 0 (0 switches it off)")
+    if cfg.fusion_rule not in FUSION_RULES:
+        raise ConfigError(f"model.fusion_rule='{cfg.fusion_rule}'; expected one of {', '.join(FUSION_RULES)}")
     if cfg.fusion_folds < 1:
         raise ConfigError(f"model.fusion_folds={cfg.fusion_folds}; expected an integer >= 1")
     if fusion_candidates(cfg) is None:
