@@ -97,18 +97,16 @@ class ModelConfig:
     memory_calibration_rows: int = 10000
     # Autoencoder fitted on the memory rows (model/autoencoder.py): its reconstruction error is
     # the fourth evidence. [] switches it off; epochs / lr / batch of its AdamW fit.
-    memory_autoencoder_hidden: list[int] = field(default_factory=list)
+    memory_autoencoder_hidden: list[int] = field(default_factory=lambda: [64, 32])
     memory_autoencoder_epochs: int = 150
     memory_autoencoder_lr: float = 1e-3
     memory_autoencoder_batch: int = 128
     # Fusion weights of the (network, kNN, isolation, reconstruction) evidences; a candidate of
-    # three leaves the reconstruction weight at 0. With several candidates the run
-    # picks one by leave-one-meta-family-out on its own meta families (train/fusion.py); ties
-    # and runs with a single meta family take the first.
+    # three leaves the reconstruction weight at 0. With several candidates the run picks one by
+    # leave-one-meta-family-out on its own meta families (train/fusion.py, fusion_rule); a run
+    # with a single meta family takes the first.
     # (list[Any]: OmegaConf would refuse integer weights such as [[0,1,1]] in list[list[float]].)
-    fusion_candidates: list[Any] = field(
-        default_factory=lambda: [[1.0, 1.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 1.0]]
-    )
+    fusion_candidates: list[Any] = field(default_factory=lambda: [[1.0, 0.5, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
     fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
     # How that choice is made: one_se = the one-standard-error rule leaning away from the network
     # (train/fusion.py pick_candidate) | best_mean = the best mean AUROC over the held-out folds.

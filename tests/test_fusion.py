@@ -48,8 +48,8 @@ def fit_recorder(calls):
 
 
 @pytest.mark.parametrize("candidates, trains, extra", [
-    ("[[1,1,1],[1,0.5,0],[0,1,1]]", 2, []),
-    ("[[0,1,1]]", 0, []),
+    ("[[1,1,1],[1,0.5,0],[0,1,1]]", 2, ["model.memory_autoencoder_hidden=[]"]),
+    ("[[0,1,1]]", 0, ["model.memory_autoencoder_hidden=[]"]),
     # With the reconstruction evidence: the memory's autoencoder is fitted once, on the full run.
     ("[[1,0.5,0,0],[0,1,1,1]]", 2, ["model.memory_autoencoder_hidden=[16,8]", "model.memory_autoencoder_epochs=3"]),
 ])
@@ -67,7 +67,7 @@ def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates,
     finish_training(cfg, setup, model, fit_recorder(calls))
     weights = model.memory.weights.tolist()
     assert weights in fusion_candidates(cfg.model)
-    assert (model.memory.autoencoder is not None) == bool(extra)
+    assert (model.memory.autoencoder is not None) == ("model.memory_autoencoder_hidden=[]" not in extra)
     assert len(calls) == trains
     meta = list(cfg.data.meta)
     for (sub_meta, sub_held_out, budget_families), family in zip(calls, meta):

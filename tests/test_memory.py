@@ -116,7 +116,7 @@ def test_tensor_isolation_forest_ranks_exactly_as_scikit_learn():
     ("model.fusion_candidates=[[1,x,1]]",
      "model.fusion_candidates=[[1, 'x', 1]]; expected a non-empty list of [network, knn, isolation, "
      "reconstruction] weights (the last may be left out: 0), each >= 0 and not all 0"),
-    ("model.fusion_candidates=[[0,1,1,1]]",
+    ("model.fusion_candidates=[[0,1,1,1]] model.memory_autoencoder_hidden=[]",
      "model.fusion_candidates gives the reconstruction evidence a weight but model.memory_autoencoder_hidden is []; "
      "expected a layer list such as [64, 32] to fit the autoencoder, or reconstruction weights of 0"),
     ("model.memory_autoencoder_hidden=[64,0]", "model.memory_autoencoder_hidden=[64, 0]; expected positive layer sizes"),
@@ -131,7 +131,7 @@ def test_bad_memory_settings_are_one_line_errors(compose, override, message):
     from metaad_dist.train.setup import prepare_training
 
     with pytest.raises(ConfigError) as err:
-        prepare_training(compose("data=digits", override))
+        prepare_training(compose("data=digits", *override.split(" ")))
     assert str(err.value) == message
 
 
