@@ -20,11 +20,11 @@ does not have (no forest, no autoencoder) gives no evidence, whatever its weight
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
-
-from typing import Sequence
 
 from metaad_dist.model.autoencoder import NormalAutoencoder
 from metaad_dist.model.isolation import TensorIsolationForest
@@ -125,13 +125,10 @@ class NormalMemory(nn.Module):
             out[part - 1] = self.evidence(score, self.parts.index(part))
         return out
 
-    def network_evidence(self, network_score: torch.Tensor) -> torch.Tensor:
-        return self.evidence(network_score, 0)
-
     @torch.no_grad()
     def fuse(self, network_score: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Weighted sum of the network's and the one-class evidences."""
-        evidence = torch.cat([self.network_evidence(network_score)[None], self.one_class_evidence(x)])
+        evidence = torch.cat([self.evidence(network_score, 0)[None], self.one_class_evidence(x)])
         return self.weights @ evidence
 
     def set_weights(self, weights) -> None:

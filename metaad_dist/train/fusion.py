@@ -40,7 +40,7 @@ class HeldOutFold:
 
 
 def choose_weights(
-    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "one_se"
+    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "best_mean"
 ) -> tuple[list[float], list[float]]:
     """The chosen candidate and every candidate's mean AUROC (shots vs normal rows) over folds:
     `pick_candidate` for rule one_se, the best mean (the first on ties) for best_mean."""
