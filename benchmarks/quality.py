@@ -215,6 +215,10 @@ def fit_method(name: str, cfg, setup):
         return model.anomaly_score(torch.as_tensor(x), cfg.model.score).numpy()
 
     score.fusion_weights = model.memory.weights.tolist() if model.memory is not None else None  # the run's choice
+    choice = model.memory.choice if model.memory is not None else None
+    if choice is not None:  # what it was chosen from: AUROC per candidate and held-out meta family
+        score.fusion_choice = {"families": choice.families, "candidates": choice.candidates,
+                               "aurocs": choice.aurocs.round(5).tolist()}
     return score
 
 
@@ -236,8 +240,9 @@ def run_cell(args, dataset: str, fold: str, others: list[str], seed: int, budget
             **{k: metrics[k] for k in METRICS}, "n_normal": metrics["n_normal"], "n_anomaly": metrics["n_anomaly"],
             "fit_seconds": fitted - start, "score_seconds": time.perf_counter() - fitted, "commit": git_commit(),
         }
-        if hasattr(scorer, "fusion_weights"):
-            record["fusion_weights"] = scorer.fusion_weights
+        for key in ("fusion_weights", "fusion_choice"):
+            if hasattr(scorer, key):
+                record[key] = getattr(scorer, key)
         write_json_atomic(cache_path(args, dataset, fold, seed, budget, method), record)
         records.append(record)
         log(

@@ -17,17 +17,19 @@ def test_choose_weights_prefers_the_candidate_that_ranks_held_out_shots_first():
     rng = np.random.default_rng(0)
     folds = [fold(rng, [0.0, 4.0, 4.0]) for _ in range(3)]  # the network does not see these families
     candidates = [[1, 1, 1], [1, 0.5, 0], [0, 1, 1]]
-    chosen, means = choose_weights(candidates, folds)
-    assert chosen == [0, 1, 1] and means[2] == max(means) and means[1] < means[0] < means[2]
+    choice = choose_weights(candidates, folds)
+    means = choice.aurocs.mean(axis=1)
+    assert choice.chosen == 2 and means[2] == max(means) and means[1] < means[0] < means[2]
+    assert choice.aurocs.shape == (3, 3) and choice.families == ["f"] * 3
     network_led = [fold(rng, [4.0, 0.0, 0.0]) for _ in range(3)]
-    assert choose_weights(candidates, network_led)[0] == [1, 0.5, 0]
+    assert choose_weights(candidates, network_led).chosen == 1
 
 
 def test_ties_go_to_the_first_candidate_and_missing_components_are_ignored():
     rng = np.random.default_rng(1)
     two = HeldOutFold("f", rng.exponential(size=(2, 50)), rng.exponential(size=(2, 5)) + 100.0)  # no forest
-    chosen, means = choose_weights([[1, 1, 1], [1, 1, 0]], [two])
-    assert chosen == [1, 1, 1] and means == [1.0, 1.0]
+    choice = choose_weights([[1, 1, 1], [1, 1, 0]], [two])
+    assert choice.chosen == 0 and choice.aurocs.tolist() == [[1.0], [1.0]]
 
 
 def test_fold_families_are_a_seeded_subset():
@@ -67,6 +69,10 @@ def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates,
     finish_training(cfg, setup, model, fit_recorder(calls))
     weights = model.memory.weights.tolist()
     assert weights in fusion_candidates(cfg.model)
+    choice = model.memory.choice  # what the benchmark records beside the weights
+    assert (choice is None) == (trains == 0)
+    if choice is not None:
+        assert choice.aurocs.shape == (len(choice.candidates), trains) and weights == choice.candidates[choice.chosen]
     assert (model.memory.autoencoder is not None) == ("model.memory_autoencoder_hidden=[]" not in extra)
     assert len(calls) == trains
     meta = list(cfg.data.meta)
@@ -78,19 +84,35 @@ def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates,
     assert ("[fusion] leave-one-family-out over" in shown) == (trains > 0)
 
 
-def test_the_network_led_candidate_must_win_consistently_to_be_chosen():
+def test_one_se_the_network_led_candidate_must_win_consistently_to_be_chosen():
     from metaad_dist.train.fusion import pick_candidate
 
     candidates = [[1, 0.5, 0, 0], [0, 1, 1, 1]]
     # Ahead on average, but not on every fold: within one standard error, the shot-free one wins.
-    assert pick_candidate(candidates, np.array([[0.99, 0.95, 0.97], [0.96, 0.97, 0.96]])) == 1
+    assert pick_candidate(candidates, np.array([[0.99, 0.95, 0.97], [0.96, 0.97, 0.96]]), "one_se") == 1
     # Ahead on every fold by more than the spread of the gaps: the network-led one wins.
-    assert pick_candidate(candidates, np.array([[0.93, 0.92, 0.97], [0.84, 0.83, 0.92]])) == 0
+    assert pick_candidate(candidates, np.array([[0.93, 0.92, 0.97], [0.84, 0.83, 0.92]]), "one_se") == 0
     # The shot-free candidate is chosen when it is best, however the others do.
-    assert pick_candidate(candidates, np.array([[0.90, 0.91], [0.95, 0.99]])) == 1
+    assert pick_candidate(candidates, np.array([[0.90, 0.91], [0.95, 0.99]]), "one_se") == 1
     # Among equally good candidates with the same network weight, the higher mean; one fold: best mean.
-    assert pick_candidate([[0, 1, 1, 0], [0, 1, 1, 1]], np.array([[0.95, 0.96], [0.96, 0.96]])) == 1
-    assert pick_candidate(candidates, np.array([[0.97], [0.96]])) == 0
+    assert pick_candidate([[0, 1, 1, 0], [0, 1, 1, 1]], np.array([[0.95, 0.96], [0.96, 0.96]]), "one_se") == 1
+    assert pick_candidate(candidates, np.array([[0.97], [0.96]]), "one_se") == 0
+
+
+@pytest.mark.parametrize("margin, network_gap, chosen", [
+    (0.0, 0.004, 0),  # no margin: the best mean, however small its lead
+    (0.01, 0.004, 1),  # a lead within the margin does not buy the network the lead
+    (0.01, 0.03, 0),  # a clear lead does
+    (0.01, -0.02, 1),  # the shot-free candidate is chosen when it is best
+])
+def test_best_mean_the_network_led_candidate_must_win_by_the_margin(margin, network_gap, chosen):
+    from metaad_dist.train.fusion import pick_candidate
+
+    one_class = np.array([0.95, 0.90, 0.97])
+    aurocs = np.stack([one_class + network_gap, one_class])
+    assert pick_candidate([[1, 0.5, 0, 0], [0, 1, 1, 1]], aurocs, "best_mean", margin) == chosen
+    # The order of the candidates does not matter, only their network weights.
+    assert pick_candidate([[0, 1, 1, 1], [1, 0.5, 0, 0]], aurocs[::-1], "best_mean", margin) == 1 - chosen
 
 
 def test_the_best_mean_rule_takes_the_best_mean_whatever_the_spread():
@@ -99,6 +121,7 @@ def test_the_best_mean_rule_takes_the_best_mean_whatever_the_spread():
     # not consistently best.
     folds = [fold(rng, [9.0, 0.7, 0.7]), fold(rng, [9.0, 0.7, 0.7]), fold(rng, [0.0, 0.7, 0.7])]
     candidates = [[1, 0, 0], [0, 1, 1]]
-    by_mean, means = choose_weights(candidates, folds, "best_mean")
-    assert by_mean == [1, 0, 0] and means[0] > means[1]
-    assert choose_weights(candidates, folds, "one_se")[0] == [0, 1, 1]
+    by_mean = choose_weights(candidates, folds, "best_mean", margin=0.01)
+    means = by_mean.aurocs.mean(axis=1)
+    assert by_mean.chosen == 0 and means[0] > means[1] + 0.01
+    assert choose_weights(candidates, folds, "one_se").chosen == 1

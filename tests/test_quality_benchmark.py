@@ -43,12 +43,17 @@ def test_quick_run_writes_report_with_summary_schema(quality, tmp_path, capsys):
     assert report["scaler"] == "quantile" and report["quick"] is True
     assert "QUICK" in md and "| metaad |" in md and "Scaler: **quantile**" in md
     assert "digits, budget 5" in printed
-    # Each method cell records the fusion weights its run chose (digits: two meta families, one held out in turn).
+    # Each method cell records the fusion weights its run chose and what it chose from: the AUROC
+    # of each candidate with each meta family held out in turn (never the cell's held-out family).
     cell = json.loads(next((tmp_path / "cache").rglob("seed0-budget5-metaad.json")).read_text())
     from metaad_dist.config import ModelConfig
     from metaad_dist.train.setup import fusion_candidates
 
     assert cell["fusion_weights"] in fusion_candidates(ModelConfig())
+    choice = cell["fusion_choice"]
+    assert choice["candidates"] == fusion_candidates(ModelConfig()) and len(choice["aurocs"]) == len(choice["candidates"])
+    assert choice["families"] and cell["fold"] not in choice["families"]
+    assert all(len(a) == len(choice["families"]) for a in choice["aurocs"])
 
     # Resumable: a second run finds every cell in the cache and reports the same numbers.
     assert quality.main(quick_args(tmp_path)) == 0

@@ -71,6 +71,9 @@ class NormalMemory(nn.Module):
         self.register_buffer("reference", torch.zeros(len(self.parts), calibration_rows))
         self.register_buffer("weights", torch.ones(len(COMPONENTS)))
         self.register_buffer("ready", torch.tensor(False))
+        # train/fusion.FusionChoice of the run that chose the weights, for its reports; not in
+        # checkpoints (a loaded model has the weights, not how they were chosen).
+        self.choice = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the reconstruction part carry three weights: its weight is 0.

@@ -39,43 +39,56 @@ class HeldOutFold:
     shots: np.ndarray  # that family's budget rows
 
 
+@dataclass
+class FusionChoice:
+    """What the choice saw, for reports: aurocs[candidate, fold] over the held-out families."""
+
+    families: list[str]
+    candidates: list[list[float]]
+    aurocs: np.ndarray
+    chosen: int
+
+
 def choose_weights(
-    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "best_mean"
-) -> tuple[list[float], list[float]]:
-    """The chosen candidate and every candidate's mean AUROC (shots vs normal rows) over folds:
-    `pick_candidate` for rule one_se, the best mean (the first on ties) for best_mean."""
+    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "best_mean", margin: float = 0.0
+) -> FusionChoice:
+    """How well each candidate ranks each fold's shots above its normal rows (AUROC), and the
+    candidate `pick_candidate` takes from that."""
     aurocs = np.array([
         [detection_metrics(w[: len(f.normal)] @ f.normal, w[: len(f.shots)] @ f.shots)["auroc"] for f in folds]
         for w in (np.asarray(c, dtype=np.float64) for c in candidates)
     ])
-    means = aurocs.mean(axis=1)
-    chosen = pick_candidate(candidates, aurocs) if rule == "one_se" else int(np.argmax(means))
-    return list(candidates[chosen]), means.tolist()
+    chosen = pick_candidate(candidates, aurocs, rule, margin)
+    return FusionChoice([f.family for f in folds], [list(c) for c in candidates], aurocs, chosen)
 
 
-def pick_candidate(candidates: Sequence[Sequence[float]], aurocs: np.ndarray) -> int:
+def pick_candidate(
+    candidates: Sequence[Sequence[float]], aurocs: np.ndarray, rule: str = "best_mean", margin: float = 0.0
+) -> int:
     """Index of the chosen candidate, given aurocs[candidate, fold].
 
-    The one-standard-error rule (Breiman et al., "Classification and Regression Trees", 1984;
-    Hastie, Tibshirani, Friedman, ESL section 7.10), on paired per-fold differences: a candidate
-    is as good as the best one unless the best beats it by more than one standard error of the
-    mean difference over folds; among those, the one that gives the network the least weight
-    wins (then the higher mean, then the first). Why lean away from the network: its evidence is
-    fitted to the seen families' shots and its held-out-meta-family estimate is optimistic (the
-    meta families it keeps resemble the one left out more than truly new families do), while
-    the one-class evidence uses no shots at all. With one fold there is no error estimate: the
-    best mean wins, the first on ties. Not the default (model.fusion_rule): on UNSW-NB15 the
-    per-fold gaps are noisy enough that it drops the network on folds where it should lead.
+    Both rules lean away from the network: among the candidates as good as the one with the best
+    mean, the one giving the network the least weight wins (then the higher mean, then the
+    first). Why: the network's evidence is fitted to the seen families' shots and its
+    held-out-meta-family estimate is optimistic (the meta families it keeps resemble the one left
+    out more than truly new families do), while the one-class evidence uses no shots at all; so
+    the shots must buy a clear gain before the network leads. "As good as the best":
+    - best_mean: the best mean beats it by at most `margin` (model.fusion_margin);
+    - one_se: by at most one standard error of the mean paired per-fold gap, the
+      one-standard-error rule (Breiman et al., "Classification and Regression Trees", 1984;
+      Hastie, Tibshirani, Friedman, ESL section 7.10); with one fold there is no error estimate
+      and only the best mean qualifies. Not the default: on UNSW-NB15 the per-fold gaps are
+      noisy enough that it drops the network on folds where it should lead.
     """
     means = aurocs.mean(axis=1)
-    best = int(np.argmax(means))  # argmax takes the first of equal values
+    best = int(np.argmax(means))
     folds = aurocs.shape[1]
 
     def as_good_as_best(i: int) -> bool:
-        if i == best or folds < 2:
-            return i == best
         gap = aurocs[best] - aurocs[i]
-        return gap.mean() <= gap.std(ddof=1) / np.sqrt(folds)
+        if rule == "best_mean":
+            return gap.mean() <= margin
+        return i == best or (folds > 1 and gap.mean() <= gap.std(ddof=1) / np.sqrt(folds))
 
     return min((i for i in range(len(candidates)) if as_good_as_best(i)), key=lambda i: (candidates[i][0], -means[i], i))
 
@@ -146,9 +159,10 @@ def finish_training(
     normal = torch.as_tensor(setup.calibration_x, dtype=torch.float32, device=next(model.parameters()).device)
     calibration = Calibration(normal, model.memory.one_class_evidence(normal))
     folds = [held_out_fold(cfg, setup, model, calibration, family, fit) for family in families]
-    chosen, means = choose_weights(candidates, folds, cfg.model.fusion_rule)
-    model.memory.set_weights(chosen)
+    choice = choose_weights(candidates, folds, cfg.model.fusion_rule, cfg.model.fusion_margin)
+    model.memory.set_weights(candidates[choice.chosen])
+    model.memory.choice = choice
     if not cfg.quiet:
-        shown = ", ".join(f"{c} {m:.3f}" for c, m in zip(candidates, means))
-        log(f"[fusion] leave-one-family-out over {families}: {shown} -> weights {chosen}")
+        shown = ", ".join(f"{c} {m:.3f}" for c, m in zip(candidates, choice.aurocs.mean(axis=1)))
+        log(f"[fusion] leave-one-family-out over {families}: {shown} -> weights {candidates[choice.chosen]}")
     return model
