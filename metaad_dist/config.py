@@ -108,12 +108,11 @@ class ModelConfig:
     # (list[Any]: OmegaConf would refuse integer weights such as [[0,1,1]] in list[list[float]].)
     fusion_candidates: list[Any] = field(default_factory=lambda: [[1.0, 0.5, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
     fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
-    # How that choice is made (train/fusion.py pick_candidate): best_mean = the best mean AUROC
-    # over the held-out folds, except that a candidate giving the network less weight wins when
-    # it is within fusion_margin of that mean | one_se = within one standard error of the
-    # per-fold gaps instead of fusion_margin.
-    fusion_rule: str = "best_mean"
-    fusion_margin: float = 0.01
+    # How that choice is made (train/fusion.py pick_candidate): the best mean AUROC over the
+    # held-out folds, except that a candidate giving the network less weight wins when it is
+    # within auroc_se = the standard error of that mean (from the shot count) | one_se = one
+    # standard error of the per-fold gaps | best_mean = no tolerance.
+    fusion_rule: str = "auroc_se"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from metaad_dist.eval.metrics import detection_metrics
 from metaad_dist.train.fusion import HeldOutFold, choose_weights, finish_training, fold_families
 from metaad_dist.train.setup import fusion_candidates
 
@@ -99,20 +100,39 @@ def test_one_se_the_network_led_candidate_must_win_consistently_to_be_chosen():
     assert pick_candidate(candidates, np.array([[0.97], [0.96]]), "one_se") == 0
 
 
-@pytest.mark.parametrize("margin, network_gap, chosen", [
-    (0.0, 0.004, 0),  # no margin: the best mean, however small its lead
-    (0.01, 0.004, 1),  # a lead within the margin does not buy the network the lead
-    (0.01, 0.03, 0),  # a clear lead does
-    (0.01, -0.02, 1),  # the shot-free candidate is chosen when it is best
+@pytest.mark.parametrize("network_gap, shots, chosen", [
+    (0.005, 10, 1),  # a lead well within what 10 shots can measure: the shot-free candidate
+    (0.005, 5000, 0),  # the same lead measured on 5000 shots per fold is real
+    (0.05, 10, 0),  # a clear lead with 10 shots
+    (-0.02, 10, 1),  # the shot-free candidate is chosen when it is best
 ])
-def test_best_mean_the_network_led_candidate_must_win_by_the_margin(margin, network_gap, chosen):
+def test_auroc_se_the_network_must_lead_by_more_than_its_measurement_error(network_gap, shots, chosen):
     from metaad_dist.train.fusion import pick_candidate
 
     one_class = np.array([0.95, 0.90, 0.97])
     aurocs = np.stack([one_class + network_gap, one_class])
-    assert pick_candidate([[1, 0.5, 0, 0], [0, 1, 1, 1]], aurocs, "best_mean", margin) == chosen
+    sizes = [(shots, 10000)] * 3
+    assert pick_candidate([[1, 0.5, 0, 0], [0, 1, 1, 1]], aurocs, "auroc_se", sizes) == chosen
     # The order of the candidates does not matter, only their network weights.
-    assert pick_candidate([[0, 1, 1, 1], [1, 0.5, 0, 0]], aurocs[::-1], "best_mean", margin) == 1 - chosen
+    assert pick_candidate([[0, 1, 1, 1], [1, 0.5, 0, 0]], aurocs[::-1], "auroc_se", sizes) == 1 - chosen
+    # The best mean alone takes any lead.
+    assert pick_candidate([[1, 0.5, 0, 0], [0, 1, 1, 1]], aurocs, "best_mean") == (0 if network_gap > 0 else 1)
+
+
+def test_auroc_standard_error_matches_the_spread_of_measured_aurocs():
+    from metaad_dist.train.fusion import auroc_standard_error
+
+    # Exponential scores, the model Hanley & McNeil derive Q1 and Q2 from: normal rows Exp(1),
+    # anomalies of mean 9, so AUROC = P(anomaly > normal) = 1 / (1 + 1/9) = 0.9.
+    rng = np.random.default_rng(0)
+    shots, normals = 10, 400
+    measured = [
+        detection_metrics(rng.exponential(1.0, normals), rng.exponential(9.0, shots))["auroc"] for _ in range(1000)
+    ]
+    assert auroc_standard_error(0.9, shots, normals) == pytest.approx(np.std(measured), rel=0.1)
+    # Fewer shots, a larger error; a perfect separation has none.
+    assert auroc_standard_error(0.9, 5, 1000) > auroc_standard_error(0.9, 50, 1000) > 0
+    assert auroc_standard_error(1.0, 10, 1000) == 0.0
 
 
 def test_the_best_mean_rule_takes_the_best_mean_whatever_the_spread():
@@ -121,7 +141,7 @@ def test_the_best_mean_rule_takes_the_best_mean_whatever_the_spread():
     # not consistently best.
     folds = [fold(rng, [9.0, 0.7, 0.7]), fold(rng, [9.0, 0.7, 0.7]), fold(rng, [0.0, 0.7, 0.7])]
     candidates = [[1, 0, 0], [0, 1, 1]]
-    by_mean = choose_weights(candidates, folds, "best_mean", margin=0.01)
+    by_mean = choose_weights(candidates, folds, "best_mean")
     means = by_mean.aurocs.mean(axis=1)
-    assert by_mean.chosen == 0 and means[0] > means[1] + 0.01
+    assert by_mean.chosen == 0 and means[0] > means[1]
     assert choose_weights(candidates, folds, "one_se").chosen == 1

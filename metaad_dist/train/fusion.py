@@ -50,7 +50,7 @@ class FusionChoice:
 
 
 def choose_weights(
-    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "best_mean", margin: float = 0.0
+    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "auroc_se"
 ) -> FusionChoice:
     """How well each candidate ranks each fold's shots above its normal rows (AUROC), and the
     candidate `pick_candidate` takes from that."""
@@ -58,37 +58,57 @@ def choose_weights(
         [detection_metrics(w[: len(f.normal)] @ f.normal, w[: len(f.shots)] @ f.shots)["auroc"] for f in folds]
         for w in (np.asarray(c, dtype=np.float64) for c in candidates)
     ])
-    chosen = pick_candidate(candidates, aurocs, rule, margin)
+    sizes = [(f.shots.shape[1], f.normal.shape[1]) for f in folds]
+    chosen = pick_candidate(candidates, aurocs, rule, sizes)
     return FusionChoice([f.family for f in folds], [list(c) for c in candidates], aurocs, chosen)
 
 
-def pick_candidate(
-    candidates: Sequence[Sequence[float]], aurocs: np.ndarray, rule: str = "best_mean", margin: float = 0.0
-) -> int:
-    """Index of the chosen candidate, given aurocs[candidate, fold].
+def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
+    """Standard error of an AUROC measured on `positives` and `negatives` rows (Hanley & McNeil,
+    "The meaning and use of the area under a ROC curve", Radiology 143, 1982, eq. 1-3)."""
+    q1, q2 = auroc / (2 - auroc), 2 * auroc**2 / (1 + auroc)
+    variance = (auroc * (1 - auroc) + (positives - 1) * (q1 - auroc**2) + (negatives - 1) * (q2 - auroc**2))
+    return float(np.sqrt(max(variance, 0.0) / (positives * negatives)))
 
-    Both rules lean away from the network: among the candidates as good as the one with the best
-    mean, the one giving the network the least weight wins (then the higher mean, then the
+
+def pick_candidate(
+    candidates: Sequence[Sequence[float]],
+    aurocs: np.ndarray,
+    rule: str = "auroc_se",
+    sizes: Optional[Sequence[tuple[int, int]]] = None,
+) -> int:
+    """Index of the chosen candidate, given aurocs[candidate, fold] and, for auroc_se, each
+    fold's (shots, normal rows).
+
+    Every rule leans away from the network: among the candidates as good as the one with the
+    best mean, the one giving the network the least weight wins (then the higher mean, then the
     first). Why: the network's evidence is fitted to the seen families' shots and its
     held-out-meta-family estimate is optimistic (the meta families it keeps resemble the one left
     out more than truly new families do), while the one-class evidence uses no shots at all; so
-    the shots must buy a clear gain before the network leads. "As good as the best":
-    - best_mean: the best mean beats it by at most `margin` (model.fusion_margin);
-    - one_se: by at most one standard error of the mean paired per-fold gap, the
-      one-standard-error rule (Breiman et al., "Classification and Regression Trees", 1984;
-      Hastie, Tibshirani, Friedman, ESL section 7.10); with one fold there is no error estimate
-      and only the best mean qualifies. Not the default: on UNSW-NB15 the per-fold gaps are
-      noisy enough that it drops the network on folds where it should lead.
+    the shots must buy a gain larger than the noise of measuring it. "As good as the best": the
+    best mean beats it by at most
+    - auroc_se: the standard error of the best candidate's mean AUROC, from how few shots each
+      fold's AUROC rests on (`auroc_standard_error`): a few shots measure an AUROC to a few
+      hundredths, so with 5 or 10 shots a lead of 0.005 is noise and with 50 it is less so;
+    - one_se: one standard error of the paired per-fold gaps, the one-standard-error rule
+      (Breiman et al., "Classification and Regression Trees", 1984; Hastie, Tibshirani,
+      Friedman, ESL section 7.10). Not the default: it counts real differences between families
+      as noise, and on UNSW-NB15 drops the network on folds where it should lead;
+    - best_mean: nothing (the best mean alone).
     """
     means = aurocs.mean(axis=1)
     best = int(np.argmax(means))
     folds = aurocs.shape[1]
+    if rule == "auroc_se":
+        tolerance = np.sqrt(sum(auroc_standard_error(a, p, n) ** 2 for a, (p, n) in zip(aurocs[best], sizes))) / folds
+    elif rule == "one_se" and folds > 1:
+        tolerance = None  # per candidate: the spread of its gaps
+    else:
+        tolerance = 0.0
 
     def as_good_as_best(i: int) -> bool:
         gap = aurocs[best] - aurocs[i]
-        if rule == "best_mean":
-            return gap.mean() <= margin
-        return i == best or (folds > 1 and gap.mean() <= gap.std(ddof=1) / np.sqrt(folds))
+        return gap.mean() <= (gap.std(ddof=1) / np.sqrt(folds) if tolerance is None else tolerance)
 
     return min((i for i in range(len(candidates)) if as_good_as_best(i)), key=lambda i: (candidates[i][0], -means[i], i))
 
@@ -159,7 +179,7 @@ def finish_training(
     normal = torch.as_tensor(setup.calibration_x, dtype=torch.float32, device=next(model.parameters()).device)
     calibration = Calibration(normal, model.memory.one_class_evidence(normal))
     folds = [held_out_fold(cfg, setup, model, calibration, family, fit) for family in families]
-    choice = choose_weights(candidates, folds, cfg.model.fusion_rule, cfg.model.fusion_margin)
+    choice = choose_weights(candidates, folds, cfg.model.fusion_rule)
     model.memory.set_weights(candidates[choice.chosen])
     model.memory.choice = choice
     if not cfg.quiet:

@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device='{name}'; expected auto, cpu, cuda or cuda:N") from None
 
 
-FUSION_RULES = ("one_se", "best_mean")  # how train/fusion.py picks among the fusion candidates
+FUSION_RULES = ("auroc_se", "one_se", "best_mean")  # how train/fusion.py picks among the fusion candidates
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -60,8 +60,6 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.odin_epsilon={cfg.odin_epsilon}; expected a number >= 0 (0 switches it off)")
     if cfg.fusion_rule not in FUSION_RULES:
         raise ConfigError(f"model.fusion_rule='{cfg.fusion_rule}'; expected one of {', '.join(FUSION_RULES)}")
-    if not 0 <= cfg.fusion_margin < 1:
-        raise ConfigError(f"model.fusion_margin={cfg.fusion_margin}; expected an AUROC difference in [0, 1)")
     if cfg.fusion_folds < 1:
         raise ConfigError(f"model.fusion_folds={cfg.fusion_folds}; expected an integer >= 1")
     if fusion_candidates(cfg) is None:
