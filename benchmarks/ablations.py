@@ -21,7 +21,7 @@ import quality  # noqa: E402
 # The fusion the method used before it chose one per run: the component ablations below are
 # measured against it, one switch each (what each part adds does not hinge on the choice).
 BALANCED = "model.fusion_candidates=[[1,1,1]]"
-# The defaults before the reconstruction evidence and the auroc_se fusion rule: the section 5
+# The defaults before the reconstruction evidence and the delong fusion rule: the section 5
 # options were measured on top of them.
 PREVIOUS = ["model.memory_autoencoder_hidden=[]", "model.fusion_candidates=[[1,1,1],[1,0.5,0],[0,1,1]]",
             "model.fusion_rule=best_mean"]
@@ -32,7 +32,7 @@ RECONSTRUCTION = ["model.memory_autoencoder_hidden=[64,32]", "model.fusion_candi
 # (label, overrides), against the defaults in configs/.
 VARIANTS = [
     ("defaults (reconstruction evidence; fusion [1,0.5,0,0] or [0,1,1,1], network-led only when ahead by "
-     "more than the standard error)", []),
+     "more than the standard error of the difference)", []),
     ("defaults, fusion chosen by the best mean alone", ["model.fusion_rule=best_mean"]),
     ("previous defaults (no reconstruction; [1,1,1], [1,0.5,0] or [0,1,1] by best mean)", PREVIOUS),
     ("defaults, fusion chosen by the one-standard-error rule", RECONSTRUCTION + ["model.fusion_rule=one_se"]),
@@ -107,9 +107,9 @@ def main(argv=None) -> int:
         "row; an option becomes a default only if it raises mean held-out AUROC on both datasets. The "
         "reconstruction evidence (with the fusion candidates [1,0.5,0,0] / [0,1,1,1]) did, so it is the "
         "`defaults` row now; the one-standard-error fusion rule did not (it drops the network on UNSW-NB15 "
-        "folds where the network should lead). The auroc_se rule (the network-led candidate must beat the "
-        "one-class-led one by more than the standard error of its mean AUROC over the run's own "
-        "leave-one-meta-family-out) did on NSL-KDD and changed no UNSW-NB15 run.",
+        "folds where the network should lead). The delong rule (the network-led candidate must beat the "
+        "one-class-led one by more than one standard error of the paired AUROC difference over the run's "
+        "own leave-one-meta-family-out) did on NSL-KDD and changed no UNSW-NB15 run.",
     ]
     for r in rows:
         cells = []

@@ -110,9 +110,10 @@ class ModelConfig:
     fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
     # How that choice is made (train/fusion.py pick_candidate): the best mean AUROC over the
     # held-out folds, except that a candidate giving the network less weight wins when it is
-    # within auroc_se = the standard error of that mean (from the shot count) | one_se = one
-    # standard error of the per-fold gaps | best_mean = no tolerance.
-    fusion_rule: str = "auroc_se"
+    # within delong = one standard error of the paired AUROC difference (from the shots and
+    # normal rows measured) | one_se = one standard error of the per-fold gaps | best_mean = no
+    # tolerance.
+    fusion_rule: str = "delong"
 
 
 @dataclass

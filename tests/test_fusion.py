@@ -100,39 +100,48 @@ def test_one_se_the_network_led_candidate_must_win_consistently_to_be_chosen():
     assert pick_candidate(candidates, np.array([[0.97], [0.96]]), "one_se") == 0
 
 
-@pytest.mark.parametrize("network_gap, shots, chosen", [
-    (0.005, 10, 1),  # a lead well within what 10 shots can measure: the shot-free candidate
-    (0.005, 5000, 0),  # the same lead measured on 5000 shots per fold is real
-    (0.05, 10, 0),  # a clear lead with 10 shots
-    (-0.02, 10, 1),  # the shot-free candidate is chosen when it is best
+@pytest.mark.parametrize("network_gap, gap_se, chosen", [
+    (0.005, 0.01, 1),  # a lead within its measurement error: the shot-free candidate
+    (0.005, 0.001, 0),  # the same lead measured precisely is real
+    (0.05, 0.01, 0),  # a clear lead
+    (-0.02, 0.01, 1),  # the shot-free candidate is chosen when it is best
 ])
-def test_auroc_se_the_network_must_lead_by_more_than_its_measurement_error(network_gap, shots, chosen):
+def test_delong_the_network_must_lead_by_more_than_the_error_of_the_difference(network_gap, gap_se, chosen):
     from metaad_dist.train.fusion import pick_candidate
 
     one_class = np.array([0.95, 0.90, 0.97])
     aurocs = np.stack([one_class + network_gap, one_class])
-    sizes = [(shots, 10000)] * 3
-    assert pick_candidate([[1, 0.5, 0, 0], [0, 1, 1, 1]], aurocs, "auroc_se", sizes) == chosen
+    assert pick_candidate([[1, 0.5, 0, 0], [0, 1, 1, 1]], aurocs, "delong", lambda i, j: gap_se) == chosen
     # The order of the candidates does not matter, only their network weights.
-    assert pick_candidate([[0, 1, 1, 1], [1, 0.5, 0, 0]], aurocs[::-1], "auroc_se", sizes) == 1 - chosen
+    assert pick_candidate([[0, 1, 1, 1], [1, 0.5, 0, 0]], aurocs[::-1], "delong", lambda i, j: gap_se) == 1 - chosen
     # The best mean alone takes any lead.
     assert pick_candidate([[1, 0.5, 0, 0], [0, 1, 1, 1]], aurocs, "best_mean") == (0 if network_gap > 0 else 1)
 
 
-def test_auroc_standard_error_matches_the_spread_of_measured_aurocs():
-    from metaad_dist.train.fusion import auroc_standard_error
+def test_auroc_difference_variance_matches_the_spread_of_measured_differences():
+    from metaad_dist.train.fusion import auroc_difference_variance
 
-    # Exponential scores, the model Hanley & McNeil derive Q1 and Q2 from: normal rows Exp(1),
-    # anomalies of mean 9, so AUROC = P(anomaly > normal) = 1 / (1 + 1/9) = 0.9.
+    # Two scores of the same rows sharing a common part (as fused evidences share components):
+    # the difference of their AUROCs over fresh samples of 10 shots and 300 normal rows.
     rng = np.random.default_rng(0)
-    shots, normals = 10, 400
-    measured = [
-        detection_metrics(rng.exponential(1.0, normals), rng.exponential(9.0, shots))["auroc"] for _ in range(1000)
-    ]
-    assert auroc_standard_error(0.9, shots, normals) == pytest.approx(np.std(measured), rel=0.1)
-    # Fewer shots, a larger error; a perfect separation has none.
-    assert auroc_standard_error(0.9, 5, 1000) > auroc_standard_error(0.9, 50, 1000) > 0
-    assert auroc_standard_error(1.0, 10, 1000) == 0.0
+
+    def sample():
+        normal, shots = rng.normal(size=300), rng.normal(1.5, 1.0, size=10)
+        noise_n, noise_s = rng.normal(size=(2, 300)), rng.normal(size=(2, 10))
+        return (normal + 0.5 * noise_n[0], shots + 0.5 * noise_s[0]), (normal + 0.8 * noise_n[1], shots + 0.8 * noise_s[1])
+
+    differences, estimates, auroc_a, auroc_b = [], [], [], []
+    for _ in range(600):
+        a, b = sample()
+        auroc_a.append(detection_metrics(*a)["auroc"])
+        auroc_b.append(detection_metrics(*b)["auroc"])
+        differences.append(auroc_a[-1] - auroc_b[-1])
+        estimates.append(auroc_difference_variance(*a, *b))
+    assert np.sqrt(np.mean(estimates)) == pytest.approx(np.std(differences), rel=0.15)
+    # Paired: the difference varies much less than two independent AUROCs' would (0.056 vs 0.097).
+    assert np.std(differences) < 0.7 * np.sqrt(np.var(auroc_a) + np.var(auroc_b))
+    a, _ = sample()
+    assert auroc_difference_variance(*a, *a) == 0.0
 
 
 def test_the_best_mean_rule_takes_the_best_mean_whatever_the_spread():

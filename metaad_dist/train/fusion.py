@@ -50,67 +50,89 @@ class FusionChoice:
 
 
 def choose_weights(
-    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "auroc_se"
+    candidates: Sequence[Sequence[float]], folds: Sequence[HeldOutFold], rule: str = "delong"
 ) -> FusionChoice:
     """How well each candidate ranks each fold's shots above its normal rows (AUROC), and the
     candidate `pick_candidate` takes from that."""
-    aurocs = np.array([
-        [detection_metrics(w[: len(f.normal)] @ f.normal, w[: len(f.shots)] @ f.shots)["auroc"] for f in folds]
-        for w in (np.asarray(c, dtype=np.float64) for c in candidates)
-    ])
-    sizes = [(f.shots.shape[1], f.normal.shape[1]) for f in folds]
-    chosen = pick_candidate(candidates, aurocs, rule, sizes)
+    weights = [np.asarray(c, dtype=np.float64) for c in candidates]
+    # scores[candidate][fold] = (normal rows, shots), fused with that candidate's weights
+    scores = [[(w[: len(f.normal)] @ f.normal, w[: len(f.shots)] @ f.shots) for f in folds] for w in weights]
+    aurocs = np.array([[detection_metrics(*fold)["auroc"] for fold in per_fold] for per_fold in scores])
+
+    def gap_se(i: int, j: int) -> float:
+        """Standard error of the mean over folds of AUROC_i - AUROC_j (independent folds)."""
+        variance = sum(auroc_difference_variance(*scores[i][f], *scores[j][f]) for f in range(len(folds)))
+        return float(np.sqrt(variance)) / len(folds)
+
+    chosen = pick_candidate(candidates, aurocs, rule, gap_se)
     return FusionChoice([f.family for f in folds], [list(c) for c in candidates], aurocs, chosen)
 
 
-def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
-    """Standard error of an AUROC measured on `positives` and `negatives` rows (Hanley & McNeil,
-    "The meaning and use of the area under a ROC curve", Radiology 143, 1982, eq. 1-3)."""
-    q1, q2 = auroc / (2 - auroc), 2 * auroc**2 / (1 + auroc)
-    variance = (auroc * (1 - auroc) + (positives - 1) * (q1 - auroc**2) + (negatives - 1) * (q2 - auroc**2))
-    return float(np.sqrt(max(variance, 0.0) / (positives * negatives)))
+def auroc_difference_variance(normal_a, shots_a, normal_b, shots_b) -> float:
+    """Variance of AUROC_a - AUROC_b when two scores rank the same shots above the same normal
+    rows: DeLong, DeLong & Clarke-Pearson, "Comparing the areas under two or more correlated
+    receiver operating characteristic curves", Biometrics 44, 1988. Each shot's placement (the
+    share of normal rows it outranks, ties half) and each normal row's (the share of shots that
+    outrank it) vary together under both scores, so the difference is measured far more
+    precisely than either AUROC alone."""
+
+    def placements(normal: np.ndarray, shots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ordered = np.sort(normal)
+        below = np.searchsorted(ordered, shots, "left")
+        ties = np.searchsorted(ordered, shots, "right") - below
+        of_shots = (below + 0.5 * ties) / len(normal)
+        above = (shots[None, :] > normal[:, None]).sum(axis=1) + 0.5 * (shots[None, :] == normal[:, None]).sum(axis=1)
+        return of_shots, above / len(shots)
+
+    shots_a_place, normal_a_place = placements(np.asarray(normal_a), np.asarray(shots_a))
+    shots_b_place, normal_b_place = placements(np.asarray(normal_b), np.asarray(shots_b))
+    if len(shots_a_place) < 2:
+        return float("inf")  # one shot: no estimate of its spread
+    return float(
+        np.var(shots_a_place - shots_b_place, ddof=1) / len(shots_a_place)
+        + np.var(normal_a_place - normal_b_place, ddof=1) / len(normal_a_place)
+    )
 
 
 def pick_candidate(
     candidates: Sequence[Sequence[float]],
     aurocs: np.ndarray,
-    rule: str = "auroc_se",
-    sizes: Optional[Sequence[tuple[int, int]]] = None,
+    rule: str = "delong",
+    gap_se: Optional[Callable[[int, int], float]] = None,
 ) -> int:
-    """Index of the chosen candidate, given aurocs[candidate, fold] and, for auroc_se, each
-    fold's (shots, normal rows).
+    """Index of the chosen candidate, given aurocs[candidate, fold] and, for rule delong,
+    gap_se(i, j): the standard error of the mean AUROC difference of candidates i and j.
 
     Every rule leans away from the network: among the candidates as good as the one with the
     best mean, the one giving the network the least weight wins (then the higher mean, then the
     first). Why: the network's evidence is fitted to the seen families' shots and its
     held-out-meta-family estimate is optimistic (the meta families it keeps resemble the one left
     out more than truly new families do), while the one-class evidence uses no shots at all; so
-    the shots must buy a gain larger than the noise of measuring it. "As good as the best": the
-    best mean beats it by at most
-    - auroc_se: the standard error of the best candidate's mean AUROC, from how few shots each
-      fold's AUROC rests on (`auroc_standard_error`): a few shots measure an AUROC to a few
-      hundredths, so with 5 or 10 shots a lead of 0.005 is noise and with 50 it is less so;
-    - one_se: one standard error of the paired per-fold gaps, the one-standard-error rule
-      (Breiman et al., "Classification and Regression Trees", 1984; Hastie, Tibshirani,
-      Friedman, ESL section 7.10). Not the default: it counts real differences between families
-      as noise, and on UNSW-NB15 drops the network on folds where it should lead;
+    the shots must buy a gain larger than the noise of measuring it on a few shots. "As good as
+    the best": the best mean beats it by at most
+    - delong: one standard error of that paired difference, from the shots and normal rows the
+      AUROCs rest on (`auroc_difference_variance`);
+    - one_se: one standard error of the per-fold gaps, the one-standard-error rule (Breiman et
+      al., "Classification and Regression Trees", 1984; Hastie, Tibshirani, Friedman, ESL
+      section 7.10). Not the default: it counts real differences between families as noise, and
+      on UNSW-NB15 drops the network on folds where it should lead;
     - best_mean: nothing (the best mean alone).
     """
     means = aurocs.mean(axis=1)
     best = int(np.argmax(means))
     folds = aurocs.shape[1]
-    if rule == "auroc_se":
-        tolerance = np.sqrt(sum(auroc_standard_error(a, p, n) ** 2 for a, (p, n) in zip(aurocs[best], sizes))) / folds
-    elif rule == "one_se" and folds > 1:
-        tolerance = None  # per candidate: the spread of its gaps
-    else:
-        tolerance = 0.0
 
-    def as_good_as_best(i: int) -> bool:
-        gap = aurocs[best] - aurocs[i]
-        return gap.mean() <= (gap.std(ddof=1) / np.sqrt(folds) if tolerance is None else tolerance)
+    def tolerance(i: int) -> float:
+        if i == best or rule == "best_mean" or (rule == "one_se" and folds < 2):
+            return 0.0
+        if rule == "one_se":
+            return float((aurocs[best] - aurocs[i]).std(ddof=1) / np.sqrt(folds))
+        return gap_se(best, i)
 
-    return min((i for i in range(len(candidates)) if as_good_as_best(i)), key=lambda i: (candidates[i][0], -means[i], i))
+    return min(
+        (i for i in range(len(candidates)) if means[best] - means[i] <= tolerance(i)),
+        key=lambda i: (candidates[i][0], -means[i], i),
+    )
 
 
 def fold_families(meta: Sequence[str], folds: int, seed: int) -> list[str]:

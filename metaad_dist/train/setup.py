@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"trainer.device='{name}'; expected auto, cpu, cuda or cuda:N") from None
 
 
-FUSION_RULES = ("auroc_se", "one_se", "best_mean")  # how train/fusion.py picks among the fusion candidates
+FUSION_RULES = ("delong", "one_se", "best_mean")  # how train/fusion.py picks among the fusion candidates
 
 
 def check_model_config(cfg: ModelConfig) -> None:
