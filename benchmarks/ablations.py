@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         "`defaults` row now; the one-standard-error fusion rule did not (it drops the network on UNSW-NB15 "
         "folds where the network should lead). The delong rule (the network-led candidate must beat the "
         "one-class-led one by more than one standard error of the paired AUROC difference over the run's "
-        "own leave-one-meta-family-out) did on NSL-KDD and changed no UNSW-NB15 run.",
+        "own leave-one-meta-family-out) did on NSL-KDD and changed no UNSW-NB15 run at this budget.",
     ]
     for r in rows:
         cells = []
