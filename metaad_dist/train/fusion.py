@@ -73,8 +73,8 @@ def auroc_difference_variance(normal_a, shots_a, normal_b, shots_b) -> float:
     rows: DeLong, DeLong & Clarke-Pearson, "Comparing the areas under two or more correlated
     receiver operating characteristic curves", Biometrics 44, 1988. Each shot's placement (the
     share of normal rows it outranks, ties half) and each normal row's (the share of shots that
-    outrank it) vary together under both scores, so the difference is measured far more
-    precisely than either AUROC alone."""
+    outrank it) vary together under both scores, so the closer the two scores agree, the more
+    precisely their difference is measured, however few the shots."""
 
     def placements(normal: np.ndarray, shots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ordered = np.sort(normal)
