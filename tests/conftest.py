@@ -123,3 +123,12 @@ def ray_local(tmp_path_factory):
         )
     yield ray
     ray.shutdown()
+
+
+def ray_files_containing(text: str) -> list[str]:
+    """Files of the running Ray session (logs, runtime env records) whose bytes contain `text`."""
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    needle = text.encode()
+    return [str(p) for p in session.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]

@@ -12,6 +12,8 @@ import socket
 import pytest
 import torch
 
+from conftest import ray_files_containing
+
 from metaad_dist.cli import compose_config, main
 from metaad_dist.data.storage import open_location
 from metaad_dist.errors import ConfigError, UserError
@@ -160,6 +162,7 @@ def test_killed_worker_resumes_from_s3_checkpoint(uninterrupted, compose, s3, mo
     assert checkpoints == ["checkpoint_000000008", "checkpoint_000000012"]  # keep_checkpoints=2
     assert "runs/killed/checkpoint_000000012/state.pt" in keys
     assert {"runs/killed/model.pt", "runs/killed/config.yaml", "runs/killed/metrics.json"} <= set(keys)
+    assert ray_files_containing(s3.server.secret_key) == []  # the workers' keys are in no Ray log
 
     # `metaad evaluate` reads the run from S3 unchanged
     monkeypatch.delenv(FAULT_ENV)

@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import ray_files_containing
+
 from metaad_dist.config import Config, DataConfig, MetaConfig, SamplerConfig, StorageConfig
 from metaad_dist.data.prepare import prepare_dataset
 from metaad_dist.data.prepared import PreparedSource
@@ -214,6 +216,9 @@ def test_pool_on_s3_gives_the_in_memory_episodes_and_counts_reads(ray_local, com
         assert counters[family]["rows_kept"] == cfg.meta.budget
     for family in cfg.data.normal:
         assert counters[family]["rows_kept"] > 0 and counters[family]["bytes_read"] > 0
+    # the actors got the driver's keys (Ray's processes were started without them) but no Ray
+    # log or runtime env record holds the secret
+    assert ray_files_containing(s3.server.secret_key) == []
 
 
 def test_killed_actor_restarts_and_sampling_continues_identically(ray_local, synthetic):

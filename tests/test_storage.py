@@ -62,3 +62,24 @@ def test_unsupported_scheme():
     with pytest.raises(UserError) as exc:
         open_location("gs://bucket/x")
     assert "unsupported storage scheme" in str(exc.value)
+
+
+def test_forwarded_aws_keys_never_show_in_text(monkeypatch):
+    from metaad_dist.data.credentials import AwsSecrets, settings_env
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    secrets = AwsSecrets.from_environ()
+    shown = f"{secrets} {secrets!r} {[secrets]} {dict(aws=secrets)}"
+    assert "s3cr3t-value" not in shown and "AKIDEXAMPLE" not in shown
+    assert "AWS_SECRET_ACCESS_KEY" in shown  # which keys travel is visible, not their values
+    assert settings_env()["AWS_REGION"] == "eu-west-3"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(settings_env())
+
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    secrets.install()  # as a Ray worker does with the driver's keys
+    import os
+
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"

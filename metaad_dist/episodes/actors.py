@@ -29,6 +29,7 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from metaad_dist.config import Config, DataConfig, MetaConfig, SamplerConfig, StorageConfig
+from metaad_dist.data.credentials import AwsSecrets, settings_env
 from metaad_dist.data.scaling import FeatureScaler
 from metaad_dist.episodes.buffered import BufferedEpisodeSampler, EpisodeBlock, SamplerPlan
 from metaad_dist.episodes.episode import Episode
@@ -37,14 +38,6 @@ from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.meta.labels import ClassLabeler
 
 STATE_KIND = "sampler_pool"
-# Forwarded to the plan task and the actors when the dataset is on S3: Ray workers inherit the
-# environment of the node, not the driver's. Passed through runtime_env, never logged.
-AWS_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION",
-    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
-)
-
-
 def _one_thread() -> None:
     """One compute thread per sampler process: BLAS, OpenMP and torch threads oversubscribe
     small machines badly (torch ran 20x slower here beside Ray workers)."""
@@ -59,11 +52,12 @@ def _peak_rss() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _plan_task(*args, **kwargs) -> tuple[SamplerPlan, dict, int]:
+def _plan_task(secrets: AwsSecrets, *args, **kwargs) -> tuple[SamplerPlan, dict, int]:
     import torch
     from threadpoolctl import threadpool_limits
 
     # A pooled worker may run other tasks afterwards: limit threads for this task only.
+    secrets.install()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -77,8 +71,9 @@ def _plan_task(*args, **kwargs) -> tuple[SamplerPlan, dict, int]:
 class FamilyShardActor:
     """Owns units of the normal families (plan.owned[rank]) and builds episodes index % A == rank."""
 
-    def __init__(self, rank: int):
+    def __init__(self, rank: int, secrets: AwsSecrets):
         _one_thread()
+        secrets.install()
         self.rank = rank
         self.reader: Optional[ShardReader] = None
         self.sampler: Optional[BufferedEpisodeSampler] = None
@@ -150,13 +145,16 @@ class SamplerPool:
         self.settings = settings
         self.seed = int(cfg.seed)
         options: dict = {"num_cpus": settings.actor_cpus}
-        env = {k: os.environ[k] for k in AWS_ENV if k in os.environ} if str(data.path).startswith("s3://") else {}
-        if env:
-            options["runtime_env"] = {"env_vars": env}
+        # Ray processes inherit the node's environment, not the driver's: forward its AWS chain
+        # (the keys as an argument, kept out of the logged runtime env; see data/credentials.py).
+        on_s3 = str(data.path).startswith("s3://")
+        secrets = AwsSecrets.from_environ() if on_s3 else AwsSecrets()
+        if on_s3 and settings_env():
+            options["runtime_env"] = {"env_vars": settings_env()}
         budget = None if budget_row_ids is None else {str(f): np.asarray(v) for f, v in budget_row_ids.items()}
         plan_ref, counters_ref, peak_ref = ray.remote(_plan_task).options(
             **options, num_returns=3, max_retries=0
-        ).remote(data.path, storage, data, meta, settings, self.seed, scaler_state, labeler_state, budget)
+        ).remote(secrets, data.path, storage, data, meta, settings, self.seed, scaler_state, labeler_state, budget)
         plan: SamplerPlan = _get(plan_ref)
         self.plan_counters, self.plan_peak_rss = ray.get([counters_ref, peak_ref])
         self._plan_ref = plan_ref  # actors get the plan by reference (again on a restart); keep it alive
@@ -167,7 +165,7 @@ class SamplerPool:
         self.refill_period = plan.refill_period
         actor_cls = ray.remote(FamilyShardActor).options(
             **options, max_restarts=settings.max_restarts, max_task_retries=-1 if settings.max_restarts else 0)
-        self.actors = [actor_cls.remote(rank) for rank in range(self.num_actors)]
+        self.actors = [actor_cls.remote(rank, secrets) for rank in range(self.num_actors)]
         self._reset_window()
 
     @classmethod

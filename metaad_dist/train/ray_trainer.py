@@ -37,6 +37,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from metaad_dist.config import Config
+from metaad_dist.data.credentials import AwsSecrets, settings_env
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.episodes.episode import Episode
 from metaad_dist.errors import ConfigError, UserError
@@ -55,12 +56,6 @@ FAULT_ENV = "METAAD_FAULT_AFTER_EPISODES"
 # a worker reporting more often blocks until the next poll (the result queue holds one report).
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_DEFAULT_S = "0.2"
-# The standard AWS chain of the driver, forwarded to the workers so that they read S3 datasets
-# (and write the final run) even where the Ray nodes were started without it. Never logged.
-AWS_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
-)
 SHOWN = ("inner_loss", "outer_loss", "confidence_margin", "temperature", "val_auroc", "episodes_per_s")
 
 
@@ -199,6 +194,7 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    config["aws"].install()  # the driver's keys, kept out of the logged runtime env
     cfg = worker_config(config["cfg"])
     t = cfg.trainer
     quiet_report_log()
@@ -452,10 +448,6 @@ def ray_storage(location):
     return parent, fs
 
 
-def worker_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
-
-
 def ensure_ray() -> bool:
     """Connect to RAY_ADDRESS, or start a local instance on 127.0.0.1; True if started here."""
     import ray
@@ -519,7 +511,9 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
         t = cfg.trainer
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True), "fault": fault},
+            train_loop_config={
+                "cfg": OmegaConf.to_container(cfg, resolve=True), "fault": fault, "aws": AwsSecrets.from_environ(),
+            },
             torch_config=TorchConfig(backend=backend(cfg)),
             scaling_config=ScalingConfig(
                 num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
@@ -530,7 +524,7 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
                 storage_filesystem=filesystem,
                 failure_config=FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                worker_runtime_env={"env_vars": worker_env()},
+                worker_runtime_env={"env_vars": settings_env()},
                 callbacks=list(callbacks),
                 # Ray Train's INFO lines repeat every report's metrics; the workers print progress.
                 logging_config=LoggingConfig(log_level="WARNING"),
