@@ -127,3 +127,36 @@ def test_feature_mismatch_with_the_runs_manifest(capsys, trained_run, tmp_path):
     pq.write_table(pa.table({f"pixel_{i}": np.zeros(4) for i in range(60)}), path)  # 4 columns short
     err = _error(capsys, "score", *args, f"input={path}", f"output={tmp_path / 'o.parquet'}")
     assert "4 of the model's 64 feature columns are missing (first: ['pixel_60', 'pixel_61', 'pixel_62'])" in err
+
+
+def test_foreign_or_mismatched_model_file_is_one_line(capsys, trained_run, tmp_path):
+    import shutil
+
+    import torch
+
+    root, args = trained_run
+    for name, payload in [("tensor", torch.zeros(3)), ("shapes", None)]:
+        run = tmp_path / name
+        shutil.copytree(root / "quick", run, ignore=shutil.ignore_patterns("report"))
+        if payload is None:  # a real payload whose weights no longer fit the recorded model
+            payload = torch.load(run / "model.pt", weights_only=True)
+            payload["model_args"]["embed_dim"] += 1
+        torch.save(payload, run / "model.pt")
+        err = _error(capsys, "score", f"storage.root={tmp_path}", f"run={name}",
+                     f"input={tmp_path / 'x.csv'}", f"output={tmp_path / 'o.parquet'}")
+        assert f"{name}/model.pt" in err
+        assert ("not a metaad trained run" if name == "tensor" else "the weights do not fit the recorded model") in err
+
+
+def test_score_output_replaces_score_columns_of_a_scored_input(trained_run, tmp_path):
+    from sklearn.datasets import load_digits
+
+    root, args = trained_run
+    x = load_digits().data[:20]
+    src = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({f"pixel_{i}": x[:, i] for i in range(64)}), src)
+    assert main(["score", *args, f"input={src}", f"output={tmp_path / 'once.parquet'}"]) == 0
+    assert main(["score", *args, f"input={tmp_path / 'once.parquet'}", f"output={tmp_path / 'twice.parquet'}"]) == 0
+    once, twice = pq.read_table(tmp_path / "once.parquet"), pq.read_table(tmp_path / "twice.parquet")
+    assert twice.column_names == once.column_names
+    assert twice.column("anomaly_score").equals(once.column("anomaly_score"))

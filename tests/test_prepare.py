@@ -140,7 +140,7 @@ def test_encoder_from_manifest_reencodes_raw_rows(compose, datasets_env, tmp_pat
     manifest = prepare_dataset(cfg.data, str(tmp_path / "nsl"), StorageConfig())
     raw = pacsv.read_csv(cfg.data.source.test_files[0],
                          read_options=pacsv.ReadOptions(column_names=list(cfg.data.source.column_names)))
-    x = FeatureEncoder.from_manifest(manifest).encode_matrix(raw)
+    x, _ = FeatureEncoder.from_manifest(manifest).encode_matrix(raw)
     table = _read_all(PreparedSource(str(tmp_path / "nsl")))
     test = table.select(table.split == "test")
     order = np.argsort(test.row_ids)

@@ -81,8 +81,9 @@ class FeatureEncoder:
             out.extend(onehot)
         return out, unseen
 
-    def encode_matrix(self, table: pa.Table) -> np.ndarray:
-        """A raw table (with the manifest's source columns) as an (n, d) float32 matrix."""
+    def encode_matrix(self, table: pa.Table) -> tuple[np.ndarray, dict[str, int]]:
+        """A raw table (with the manifest's source columns) as an (n, d) float32 matrix, and
+        per categorical column the count of rows with a category unseen in the train files."""
         missing = [c for c in self.columns if c not in table.column_names]
         if missing:
             raise DataError(
@@ -93,7 +94,7 @@ class FeatureEncoder:
             table = table.select(self.columns).cast(pa.schema([(c, types[c]) for c in self.columns]))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise DataError(f"table: cannot convert source columns ({str(exc).splitlines()[0]})") from None
-        columns, _ = self.encode(table)
+        columns, unseen = self.encode(table)
         if not columns:
-            return np.zeros((table.num_rows, 0), dtype=np.float32)
-        return np.stack(columns, axis=1)
+            return np.zeros((table.num_rows, 0), dtype=np.float32), unseen
+        return np.stack(columns, axis=1), unseen

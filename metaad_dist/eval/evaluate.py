@@ -21,9 +21,9 @@ from metaad_dist.eval import plots
 from metaad_dist.eval.baselines import fit_baseline
 from metaad_dist.eval.metrics import family_metrics
 from metaad_dist.eval.report import markdown_report, results_table
-from metaad_dist.train.artifacts import load_run, load_run_config
+from metaad_dist.train.artifacts import load_run, load_run_config, score_scaled_rows
 from metaad_dist.train.commands import run_location
-from metaad_dist.train.setup import prepare_training
+from metaad_dist.train.setup import prepare_training, resolve_device
 
 METHOD = "metaad"
 
@@ -39,12 +39,9 @@ def at_threshold(normal: np.ndarray, anomalies: np.ndarray, threshold: float) ->
     }
 
 
-def _model_scorer(model, score: str):
-    def scorer(x):
-        with torch.no_grad():
-            return model.anomaly_score(torch.as_tensor(x), score).numpy()
-
-    return scorer
+def _model_scorer(model, score: str, device: torch.device):
+    """Scores of scaled rows, batched on the evaluating host's `trainer.device`."""
+    return lambda x: score_scaled_rows(model, x, score, device)
 
 
 def _budget_point(run_cfg, budget: int, normal_x, held_out_x) -> float:
@@ -55,7 +52,7 @@ def _budget_point(run_cfg, budget: int, normal_x, held_out_x) -> float:
     cfg.meta.budget = budget
     cfg.meta.k_shot = min(cfg.meta.k_shot, budget)
     result = train_local(cfg)
-    scorer = _model_scorer(result.trained.model, cfg.model.score)
+    scorer = _model_scorer(result.trained.model, cfg.model.score, resolve_device(cfg.trainer.device))
     scale = result.setup.scaler.transform
     return family_metrics(scorer(scale(normal_x)), {f: scorer(scale(x)) for f, x in held_out_x.items()})["overall"]["auroc"]
 
@@ -66,16 +63,17 @@ def evaluate_run(cfg, log=print) -> dict:
     location = run_location(cfg)
     trained, payload = load_run(location)
     run_cfg = load_run_config(location)
-    run_cfg.eval = cfg.eval
-    run_cfg.quiet = cfg.quiet
-    setup = prepare_training(run_cfg)  # same seed: the same split, budget pool and scaler
+    # The run's data, model, meta and seed (the same split, budget pool and scaler); this host's
+    # device and storage settings, for the baselines and budget-curve retraining too.
+    run_cfg.eval, run_cfg.quiet, run_cfg.trainer, run_cfg.storage = cfg.eval, cfg.quiet, cfg.trainer, cfg.storage
+    setup = prepare_training(run_cfg)
     test = build_test_view(open_source(run_cfg.data, cfg.storage), setup.roles, run_cfg.data, run_cfg.meta, run_cfg.seed)
     scale = setup.scaler.transform
     normal_x = scale(test.normal_x)
     held_out_x = {f: scale(x) for f, x in test.held_out_x.items()}
     seen_x = {f: scale(x) for f, x in test.seen_meta_x.items() if len(x)}
 
-    scorers = {METHOD: _model_scorer(trained.model, trained.score)}
+    scorers = {METHOD: _model_scorer(trained.model, trained.score, resolve_device(cfg.trainer.device))}
     for name in cfg.eval.baselines:
         if not cfg.quiet:
             log(f"fitting baseline {name} on the same split ...")

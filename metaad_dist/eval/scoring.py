@@ -4,12 +4,15 @@ The input (CSV or Parquet, local or s3://) holds either the raw source columns o
 the run was trained on (they are encoded exactly as `metaad prepare` did, from the encoder
 recorded in the run) or the model's encoded feature columns by name. Extra columns are
 carried through. Output: the input columns plus `anomaly_score` and
-`is_anomaly` (score above the validation-chosen threshold), written atomically.
+`is_anomaly` (score above the validation-chosen threshold; columns of those names in the input
+are replaced), written atomically. With index-encoded categoricals a feature has its source
+column's name; such a column is always read as raw categories.
 """
 from __future__ import annotations
 
 import io
 import posixpath
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +24,7 @@ from metaad_dist.data.table import numeric_features
 from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.train.artifacts import load_run
 from metaad_dist.train.commands import run_location
+from metaad_dist.train.setup import resolve_device
 
 SCORE_COLUMN = "anomaly_score"
 FLAG_COLUMN = "is_anomaly"
@@ -41,21 +45,28 @@ def read_table(uri: str, storage) -> pa.Table:
     raise DataError(f"{uri}: unsupported table format; expected .csv, .csv.gz or .parquet")
 
 
-def feature_matrix(table: pa.Table, trained, encoder: dict | None, where: str) -> np.ndarray:
-    """Encoded features of `table`, from raw source columns or from encoded columns by name."""
-    if all(c in table.column_names for c in trained.feature_names):
-        columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in trained.feature_names}
-        return numeric_features(columns, trained.feature_names, where)
-    if encoder:
-        from metaad_dist.data.encoding import FeatureEncoder
+def feature_matrix(table: pa.Table, trained, encoder: dict | None, where: str) -> tuple[np.ndarray, dict[str, int]]:
+    """Encoded features of `table` and, per categorical column, how many rows had a category
+    unseen in training.
 
-        enc = FeatureEncoder(encoder["columns"], encoder["categories"], encoder["encoding"])
+    The raw source columns win when the table has them all: they go through the run's encoder,
+    as prepare did. Why first: with index encoding a categorical feature keeps its source
+    column's name, so a raw table also "has" every feature column, yet its values are categories,
+    not codes. Otherwise the model's feature columns are taken by name.
+    """
+    from metaad_dist.data.encoding import FeatureEncoder
+
+    enc = FeatureEncoder(encoder["columns"], encoder["categories"], encoder["encoding"]) if encoder else None
+    if enc is not None and all(c in table.column_names for c in enc.columns):
         if enc.feature_names != list(trained.feature_names):
             raise DataError(f"{where}: the run's encoder does not produce the model's features; retrain the run")
         try:
             return enc.encode_matrix(table)
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
+    if all(c in table.column_names for c in trained.feature_names):
+        columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in trained.feature_names}
+        return numeric_features(columns, trained.feature_names, where), {}
     missing = [c for c in trained.feature_names if c not in table.column_names]
     raise DataError(
         f"{where}: {len(missing)} of the model's {len(trained.feature_names)} feature columns are missing "
@@ -63,23 +74,33 @@ def feature_matrix(table: pa.Table, trained, encoder: dict | None, where: str) -
     )
 
 
-def score_table(table: pa.Table, trained, threshold: float, where: str, encoder: dict | None = None) -> pa.Table:
-    x = feature_matrix(table, trained, encoder, where)
+def score_table(
+    table: pa.Table, trained, threshold: float, where: str, encoder: dict | None = None, device=None
+) -> tuple[pa.Table, dict[str, int]]:
+    """The table with score and flag columns (replacing columns of those names: re-scoring a
+    scored file gives the new scores), and the unseen-category counts of feature_matrix."""
+    x, unseen = feature_matrix(table, trained, encoder, where)
     if not np.isfinite(x).all():
         raise DataError(f"{where}: NaN or infinite feature values; clean or drop those rows first")
-    scores = trained.anomaly_scores(x)
-    return table.append_column(SCORE_COLUMN, pa.array(scores, pa.float32())).append_column(
+    scores = trained.anomaly_scores(x, device)
+    kept = table.drop_columns([c for c in (SCORE_COLUMN, FLAG_COLUMN) if c in table.column_names])
+    scored = kept.append_column(SCORE_COLUMN, pa.array(scores, pa.float32())).append_column(
         FLAG_COLUMN, pa.array(scores > threshold)
     )
+    return scored, unseen
 
 
 def score_command(cfg) -> None:
     if not cfg.input or not cfg.output:
         raise ConfigError("metaad score needs input=<table.csv|table.parquet> and output=<file.parquet>")
     trained, payload = load_run(run_location(cfg))
-    scored = score_table(
-        read_table(cfg.input, cfg.storage), trained, float(payload["threshold"]), cfg.input, payload.get("encoder")
+    scored, unseen = score_table(
+        read_table(cfg.input, cfg.storage), trained, float(payload["threshold"]), cfg.input, payload.get("encoder"),
+        resolve_device(cfg.trainer.device),
     )
+    for column, rows in unseen.items():
+        print(f"warning: {cfg.input}: column '{column}' has a category unseen in training in {rows} of "
+              f"{scored.num_rows} rows (encoded as unknown)", file=sys.stderr)
     parent, name = posixpath.split(cfg.output.rstrip("/"))
     buf = pa.BufferOutputStream()
     pq.write_table(scored, buf)

@@ -23,6 +23,20 @@ METRICS_FILE = "metrics.json"
 FORMAT_VERSION = 1
 
 
+SCORE_BATCH = 65536  # rows per forward pass when scoring: bounded memory on any table size
+
+
+def score_scaled_rows(model: MetaADModel, xs, score: str, device: torch.device | None = None, batch: int = SCORE_BATCH):
+    """Anomaly scores of already scaled rows, in batches on `device` (the model moves there)."""
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    out = [
+        model.anomaly_score(torch.as_tensor(xs[i:i + batch], dtype=torch.float32, device=device), score).cpu()
+        for i in range(0, len(xs), batch)
+    ]
+    return torch.cat(out).numpy() if out else torch.zeros(0).numpy()
+
+
 @dataclass
 class TrainedModel:
     model: MetaADModel
@@ -30,16 +44,8 @@ class TrainedModel:
     feature_names: list[str]
     score: str  # msp | energy
 
-    @torch.no_grad()
-    def anomaly_scores(self, x, device: torch.device | None = None, batch: int = 65536):
-        device = device or torch.device("cpu")
-        self.model.to(device).eval()
-        xs = self.scaler.transform(x)
-        out = [
-            self.model.anomaly_score(torch.as_tensor(xs[i:i + batch], device=device), self.score).cpu()
-            for i in range(0, len(xs), batch)
-        ]
-        return torch.cat(out).numpy() if out else torch.zeros(0).numpy()
+    def anomaly_scores(self, x, device: torch.device | None = None, batch: int = SCORE_BATCH):
+        return score_scaled_rows(self.model, self.scaler.transform(x), self.score, device, batch)
 
 
 def save_run(location: Location, trained: TrainedModel, model_args: dict, extra: dict, config, metrics: dict) -> None:
@@ -59,22 +65,30 @@ def save_run(location: Location, trained: TrainedModel, model_args: dict, extra:
     location.write_bytes_atomic(buf.getvalue(), MODEL_FILE)  # last: its presence marks a complete run
 
 
+RUN_KEYS = ("format_version", "model_args", "model_state", "scaler", "feature_names", "score", "threshold")
+
+
 def load_run(location: Location) -> tuple[TrainedModel, dict]:
+    where = f"{location.uri}/{MODEL_FILE}"
     if not location.exists(MODEL_FILE):
         raise UserError(f"{location.uri}: no trained run here (missing {MODEL_FILE}); run `metaad train` first")
     try:
         payload = torch.load(io.BytesIO(location.read_bytes(MODEL_FILE)), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise UserError(f"{location.uri}/{MODEL_FILE}: not a readable metaad checkpoint ({type(exc).__name__})") from None
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{location.uri}/{MODEL_FILE}: format_version {payload.get('format_version')}; expected {FORMAT_VERSION}"
-        )
-    model = MetaADModel(**payload["model_args"])
-    model.load_state_dict(payload["model_state"])
+        raise UserError(f"{where}: not a readable metaad checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in RUN_KEYS):
+        raise UserError(f"{where}: not a metaad trained run (expected the keys {list(RUN_KEYS)})")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{where}: format_version {payload['format_version']}; expected {FORMAT_VERSION}")
+    try:
+        model = MetaADModel(**payload["model_args"])
+        model.load_state_dict(payload["model_state"])
+        scaler = FeatureScaler.from_state_dict(payload["scaler"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{where}: the weights do not fit the recorded model ({detail[:200]})") from None
     model.eval()
-    trained = TrainedModel(model, FeatureScaler.from_state_dict(payload["scaler"]), payload["feature_names"], payload["score"])
-    return trained, payload
+    return TrainedModel(model, scaler, payload["feature_names"], payload["score"]), payload
 
 
 def load_run_config(location: Location):
