@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,27 @@ def test_k_shot_larger_than_budget_is_a_config_error():
     data, roles = _digits_roles()
     with pytest.raises(ConfigError, match=r"meta.k_shot=11 is larger than meta.budget=10"):
         build_training_view(CountingSource(), roles, data, MetaConfig(k_shot=11, budget=10), seed=0)
+
+
+class PartlySplitSource(CountingSource):
+    """Digits with an official test file that holds rows of the validation and held-out
+    families only: the normal families must still get a test share, the same one in every view."""
+
+    def read(self, families):
+        table = super().read(families)
+        split = np.where(np.isin(table.families, ["7", "8", "9"]) & (table.row_ids % 2 == 0), "test", "train")
+        return dataclasses.replace(table, split=split)
+
+
+def test_views_agree_on_the_split_when_only_some_families_have_official_test_rows():
+    data, roles = _digits_roles()
+    meta = MetaConfig(budget=10, k_shot=5, n_support=64, n_query=64)
+    view = build_training_view(PartlySplitSource(), roles, data, meta, seed=3)
+    test = build_test_view(PartlySplitSource(), roles, data, meta, seed=3)
+    n_normal = len(CountingSource().read(roles.normal))
+    assert len(test.normal_x) > 0
+    assert len(view.normal_x) + len(view.val_normal_x) + len(test.normal_x) == n_normal
+    rows = lambda x: {r.tobytes() for r in x}
+    assert not rows(view.normal_x) & rows(test.normal_x)  # no training normal is scored as a test normal
+    full = PartlySplitSource().read(["8"])
+    assert len(test.held_out_x["8"]) == ((full.families == "8") & (full.split == "test")).sum()

@@ -54,13 +54,19 @@ def _rows_of(table: FamilyTable, family: str, split: str | None) -> FamilyTable:
     return sub.select(np.argsort(sub.row_ids, kind="stable"))
 
 
+def has_test_rows(table: FamilyTable, family: str) -> bool:
+    """Whether `family` has rows of the source's official test file. Decided per family, so
+    the training view, the test view and the sampler actors agree whatever families they read."""
+    return table.split is not None and bool(((table.families == family) & (table.split == "test")).any())
+
+
 def split_normal_positions(
     n: int, family: str, data: DataConfig, seed: int, official_test: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted (train, val, test) positions among a normal family's `n` pool rows in row-id order.
 
-    The pool is every row of the family, or its official train rows when the source has an
-    official test split (then no test share is carved out). Needs row counts only, so a reader
+    The pool is every row of the family, or its official train rows when the family has official
+    test rows (has_test_rows; then no test share is carved out). Needs row counts only, so a reader
     that sees just the row-id column (the sampler actors) splits exactly as the views do.
     """
     order = _family_rng(seed, 1, family).permutation(n)
@@ -78,9 +84,9 @@ def budget_positions(n: int, family: str, budget: int, seed: int) -> np.ndarray:
 
 def _split_normal(table: FamilyTable, family: str, data: DataConfig, seed: int):
     """(train, val, test) rows of one normal family; official test rows stay test rows."""
-    official = table.split is not None and (table.split == "test").any()
+    official = has_test_rows(table, family)
     pool = _rows_of(table, family, "train" if official else None)
-    train_idx, val_idx, test_idx = split_normal_positions(len(pool), family, data, seed, bool(official))
+    train_idx, val_idx, test_idx = split_normal_positions(len(pool), family, data, seed, official)
     test = _rows_of(table, family, "test") if official else pool.select(test_idx)
     return pool.select(train_idx), pool.select(val_idx), test
 
@@ -154,12 +160,11 @@ def build_test_view(
     source: DatasetSource, roles: FamilyRoles, data: DataConfig, meta: MetaConfig, seed: int
 ) -> TestView:
     table = source.read(roles.normal + roles.meta + roles.held_out)
-    official = table.split is not None and (table.split == "test").any()
     normal = np.concatenate([_split_normal(table, f, data, seed)[2].features for f in roles.normal])
-    held_out = {f: _rows_of(table, f, "test" if official else None).features for f in roles.held_out}
+    held_out = {f: _rows_of(table, f, "test" if has_test_rows(table, f) else None).features for f in roles.held_out}
     seen = {}
     for family in roles.meta:
         pool_ids = _budget_pool(table, family, meta.budget, seed).row_ids
-        rows = _rows_of(table, family, "test" if official else None)
+        rows = _rows_of(table, family, "test" if has_test_rows(table, family) else None)
         seen[family] = rows.features[~np.isin(rows.row_ids, pool_ids)]
     return TestView(normal_x=normal, held_out_x=held_out, seen_meta_x=seen)

@@ -275,11 +275,10 @@ def build_plan(
             f"data.normal has {len(roles.normal)} families but the labeler was fitted for "
             f"{labeler.num_normal_families}; pass the run's ClassLabeler"
         )
-    official = source.has_split and any(
-        int(manifest["families"][f].get("test_rows", 0)) > 0 for f in roles.trainable
-    )
     layouts, offset = [], 0
     for i, family in enumerate(roles.normal):
+        # As views.has_test_rows: a normal family with official test rows trains on its train rows.
+        official = source.has_split and int(manifest["families"][family].get("test_rows", 0)) > 0
         layout = _normal_layout(source, files, family, i, offset, data, seed, official)
         layouts.append(layout)
         offset += layout.training_rows
