@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from metaad_dist.errors import UserError
+from metaad_dist.errors import ConfigError, UserError
 
 PROG = "metaad"
 
@@ -152,9 +152,23 @@ def _apply_overrides(cfg, overrides: list[str]):
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key in groups:
-            raise UserError(f"with --config, choose '{key}' inside the file; only key=value overrides apply on top")
+            raise ConfigError(
+                f"'{key}' is a config group, not a key; only key=value settings apply on top of a whole "
+                "config (with --config, choose the group inside the file)"
+            )
         OmegaConf.update(cfg, key, override.value(), merge=False)
     return cfg
+
+
+def apply_overrides(cfg, overrides: Sequence[str]):
+    """key=value overrides on a composed config, parsed as on the command line (lists, numbers,
+    quoting); a mistake is one ConfigError line naming the key."""
+    try:
+        return _apply_overrides(cfg, list(overrides))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Hydra parse and OmegaConf validation errors
+        raise ConfigError(_one_line(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
@@ -20,3 +21,15 @@ def test_fit_decision_function_predict_on_unseen_families():
     flags = det.predict(x[test])
     assert set(np.unique(flags)) <= {0, 1}
     assert flags[np.isin(y[test], ["8", "9"])].mean() > flags[~np.isin(y[test], ["8", "9"])].mean()
+
+
+def test_overrides_parse_like_the_command_line_and_fail_in_one_line():
+    from metaad_dist.errors import ConfigError
+
+    cfg = MetaADDetector(overrides=["model.hidden_dims=[16,8]", "model.embed_dim=12"])._config(["n"], ["a"])
+    assert list(cfg.model.hidden_dims) == [16, 8] and cfg.model.embed_dim == 12
+    for bad, message in [("model.memory_rows", "model.memory_rows"), ("model.embed_dim=wide", "model.embed_dim"),
+                         ("model.no_such_key=1", "model.no_such_key")]:
+        with pytest.raises(ConfigError, match=message) as info:
+            MetaADDetector(overrides=[bad])._config(["n"], ["a"])
+        assert len(str(info.value).splitlines()) == 1

@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from metaad_dist.config import Config
 from metaad_dist.data.table import FamilyTable
 from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.eval.threshold import FALLBACK_NORMAL_QUANTILE
+from metaad_dist.train.artifacts import score_scaled_rows
 
 
 class _ArraySource:
@@ -49,10 +49,9 @@ class MetaADDetector:
         cfg.data.normal, cfg.data.meta, cfg.data.scaler = normal, meta, self.scaler
         cfg.meta.budget, cfg.meta.k_shot, cfg.meta.episodes = self.budget, self.k_shot, self.episodes
         cfg.seed, cfg.quiet = self.seed, True
-        for item in self.overrides:
-            key, _, value = item.partition("=")
-            OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if value else value, merge=False)
-        return cfg
+        from metaad_dist.cli import apply_overrides
+
+        return apply_overrides(cfg, self.overrides)
 
     def fit(self, X, y) -> "MetaADDetector":
         from metaad_dist.data.roles import FamilyRoles
@@ -87,8 +86,7 @@ class MetaADDetector:
         return self
 
     def _scores_scaled(self, xs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.model_.anomaly_score(torch.as_tensor(xs, dtype=torch.float32), self.score_).numpy()
+        return score_scaled_rows(self.model_, xs, self.score_)
 
     def decision_function(self, X) -> np.ndarray:
         if not hasattr(self, "model_"):
