@@ -32,6 +32,17 @@ def test_location_round_trip(where, s3, tmp_path):
         assert s3.keys("root/") == ["root/a.json"]
 
 
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    location = open_location(str(tmp_path / "root"), StorageConfig())
+    location.write_bytes_atomic(b"old", "a.json")
+    (tmp_path / "root" / "folder").mkdir()
+    with pytest.raises(UserError, match="folder: storage error"):
+        location.write_bytes_atomic(b"new", "folder")  # a folder is in the way of the rename
+    location.write_bytes_atomic(b"new", "a.json")
+    assert location.read_bytes("a.json") == b"new"
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["a.json", "folder"]
+
+
 def test_bucket_is_created_only_when_asked(s3):
     bucket = f"{s3.bucket}-new"
     with pytest.raises(UserError) as exc:

@@ -67,15 +67,29 @@ class Location:
             raise UserError(f"{self.uri_of(*parts)}: not found") from None
 
     def write_bytes_atomic(self, data: bytes, *parts: str) -> None:
-        """Write to a temporary sibling, then move it over the final key."""
+        """Write to a temporary sibling, then move it over the final key: readers see the old
+        object or the whole new one. Locally the bytes are fsynced before the rename (a crash
+        cannot leave an empty model.pt or manifest.json behind); a failed write removes its
+        temporary file."""
         final = self.path(*parts)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         with storage_errors(self.uri_of(*parts)):
-            if not self.is_s3:  # S3 has no folders to create
-                self.fs.create_dir(posixpath.dirname(final), recursive=True)
-            tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            self.fs.move(tmp, final)
+            try:
+                if self.is_s3:  # S3 has no folders to create
+                    with self.fs.open_output_stream(tmp) as f:
+                        f.write(data)
+                    self.fs.move(tmp, final)
+                else:
+                    os.makedirs(posixpath.dirname(final) or ".", exist_ok=True)
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.fs.delete_file(tmp)
+                raise
 
     def open_output_stream(self, *parts: str):
         """A stream to a final key; callers write objects nobody reads before a manifest names them."""
