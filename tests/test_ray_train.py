@@ -136,6 +136,7 @@ def test_two_workers_equal_one_process_averaging_two_episodes(uninterrupted):
 
     m = json.loads(metrics.read_bytes("metrics.json"))
     assert m["trainer"]["num_workers"] == WORKERS and m["trainer"]["backend"] == "gloo"
+    assert m["episodes"] == m["trainer"]["episodes_trained"] == cfg.meta.episodes
     assert [h["episode"] for h in m["history"]] == [4, 6, 8, 12]  # log/checkpoint every 4, validate every 6
     assert all(h["param_spread"] == 0.0 for h in m["history"])  # identical parameters on every worker
     assert all(

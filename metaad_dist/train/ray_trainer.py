@@ -314,26 +314,30 @@ def say(cfg, rank: int, line: str) -> None:
 
 
 def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> dict:
-    """metrics.json "trainer": this attempt's loop (reports, validation, checkpoints included)."""
+    """metrics.json "episodes" (trained) and "trainer": this attempt's loop (reports, validation, checkpoints included)."""
     trained = (steps - first_step) * world
     loop = totals["loop_s"]
     share = (lambda key: totals[key] / loop) if trained else (lambda key: None)
-    return {"trainer": {
-        "name": "ray",
-        "num_workers": world,
-        "backend": backend(cfg),
-        "episodes_trained": steps * world,
-        "resumed_at_episode": first_step * world,
-        "loop_seconds": loop,
-        # CPU time of the worker processes (all their threads) per episode: insensitive to other load.
-        "cpu_ms_per_episode": 1000 * totals["cpu_s"] * world / trained if trained else None,
-        "loop_episodes_per_s": trained / loop if trained else None,
-        "sampler_wait_fraction": share("sampler_wait_s"),
-        # Gradient all-reduces, waiting for the slowest worker included.
-        "allreduce_fraction": share("allreduce_s"),
-        # Reports with their validation and checkpoint writes.
-        "report_fraction": share("report_s"),
-    }}
+    return {
+        # W workers train W episodes per step, so meta.episodes rounds up to a multiple of W.
+        "episodes": steps * world,
+        "trainer": {
+            "name": "ray",
+            "num_workers": world,
+            "backend": backend(cfg),
+            "episodes_trained": steps * world,
+            "resumed_at_episode": first_step * world,
+            "loop_seconds": loop,
+            # CPU time of the worker processes (all their threads) per episode: insensitive to other load.
+            "cpu_ms_per_episode": 1000 * totals["cpu_s"] * world / trained if trained else None,
+            "loop_episodes_per_s": trained / loop if trained else None,
+            "sampler_wait_fraction": share("sampler_wait_s"),
+            # Gradient all-reduces, waiting for the slowest worker included.
+            "allreduce_fraction": share("allreduce_s"),
+            # Reports with their validation and checkpoint writes.
+            "report_fraction": share("report_s"),
+        },
+    }
 
 
 def sampler_state(cfg, source: EpisodeSource, next_episode: int) -> dict:
