@@ -8,6 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Before anything imports Ray (it reads this once): local instances bind 127.0.0.1 only.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture
@@ -108,7 +110,6 @@ def ray_local(tmp_path_factory):
     import ray
 
     os.environ.update({
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "disabled",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

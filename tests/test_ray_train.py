@@ -6,6 +6,7 @@ checkpoints on a real S3 server, resume by rerunning the same run name, and one-
 from __future__ import annotations
 
 import io
+import os
 import math
 import socket
 
@@ -223,6 +224,46 @@ def test_more_workers_than_cpus(ray_local, compose, tmp_path):
     cfg = compose(*SMALL, f"storage.root={tmp_path}", "trainer.num_workers=3")
     with pytest.raises(ConfigError, match=r"^trainer.num_workers=3 exceeds the 2 CPUs of the Ray cluster$"):
         train_ray(cfg)
+
+
+def test_on_a_cluster_missing_workers_are_asked_of_the_autoscaler(ray_local, compose, tmp_path, monkeypatch, capsys):
+    """Nodes an autoscaler has not started yet are not in cluster_resources(): no refusal there."""
+    from ray.autoscaler.sdk import request_resources
+
+    from metaad_dist.train.ray_trainer import check_cluster
+
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    try:
+        check_cluster(compose(*SMALL, f"storage.root={tmp_path}", "trainer.num_workers=3"))
+    finally:
+        request_resources(bundles=[])  # withdraw the demand
+    assert "exceeds the 2 CPUs of the Ray cluster now; asked its autoscaler for 3 x {'CPU': 1.0}" in capsys.readouterr().err
+
+
+def test_local_ray_binds_loopback_only(ray_local):
+    assert {node["NodeManagerAddress"] for node in ray_local.nodes()} == {"127.0.0.1"}
+
+
+def test_importing_the_package_keeps_a_local_ray_on_loopback():
+    """Ray resolves 127.0.0.1 to the external address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    is set before it is imported: importing metaad_dist first does that (as ensure_ray's callers do)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="ray-lo-")  # short: Ray's socket paths must stay under 108 bytes
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    code = (
+        "import metaad_dist, ray; "
+        f"ray.init(num_cpus=1, include_dashboard=False, _node_ip_address='127.0.0.1', _temp_dir={temp!r}); "
+        "print(ray.nodes()[0]['NodeManagerAddress']); ray.shutdown()"
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert out.stdout.strip().splitlines()[-1:] == ["127.0.0.1"], out.stdout + out.stderr
 
 
 def test_unreachable_storage(compose, monkeypatch):

@@ -409,20 +409,35 @@ def check_settings(cfg) -> None:
 
 
 def check_cluster(cfg) -> None:
+    """Refuse a run that the Ray instance cannot place, in one line, instead of hanging.
+
+    On a cluster reached through RAY_ADDRESS (`metaad` under Ray Jobs, a KubeRay RayJob) nodes
+    that the autoscaler has not started yet do not count in cluster_resources(): there the
+    missing workers are requested from the autoscaler (ray.autoscaler.sdk.request_resources) and
+    Ray Train waits for them.
+    """
     import ray
 
     t = cfg.trainer
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    problem = None
     if t.num_workers * t.cpus_per_worker > cpus:
         need = f"trainer.num_workers={t.num_workers}" + (
             f" x trainer.cpus_per_worker={t.cpus_per_worker:g}" if t.cpus_per_worker != 1 else ""
         )
-        raise ConfigError(f"{need} exceeds the {cpus:g} CPUs of the Ray cluster")
-    if t.use_gpu and t.num_workers > gpus:
-        raise ConfigError(
-            f"trainer.num_workers={t.num_workers} with trainer.use_gpu=true exceeds the {gpus:g} GPUs of the Ray cluster"
-        )
+        problem = f"{need} exceeds the {cpus:g} CPUs of the Ray cluster"
+    elif t.use_gpu and t.num_workers > gpus:
+        problem = f"trainer.num_workers={t.num_workers} with trainer.use_gpu=true exceeds the {gpus:g} GPUs of the Ray cluster"
+    if problem is None:
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        raise ConfigError(problem)
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": float(t.cpus_per_worker), **({"GPU": 1.0} if t.use_gpu else {})}
+    request_resources(bundles=[bundle] * t.num_workers)
+    print(f"[ray] {problem} now; asked its autoscaler for {t.num_workers} x {bundle}, waiting", file=sys.stderr, flush=True)
 
 
 def backend(cfg) -> str:
@@ -461,7 +476,7 @@ def ensure_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # (loopback only: metaad_dist/__init__.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported)
         # One machine has no preemptible nodes; the watcher would only log a harmless error.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(_node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
