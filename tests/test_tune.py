@@ -4,6 +4,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import ray_files_containing
+
 from metaad_dist.cli import main
 from metaad_dist.tune.results import trial_rows, write_outputs
 from metaad_dist.tune.sweep import run_sweep, sweep_path
@@ -77,6 +79,36 @@ def test_interrupted_sweep_continues_when_rerun(sweep):
     assert sweep_path(cfg).endswith("tune")
 
 
+def test_rerun_with_another_config_under_the_same_name_is_refused(sweep):
+    from metaad_dist.errors import ConfigError
+
+    cfg, _, _ = sweep
+    changed = cfg.copy()
+    changed.meta.episodes = 80
+    with pytest.raises(ConfigError, match="tune.name='test': .* holds a sweep run with another config"):
+        run_sweep(changed)
+
+
+def test_trials_with_more_than_100_reports_run_to_the_end(ray_local, prepared_digits, tmp_path):
+    """ASHA's max_t is the trial's own report count, not Ray's default of 100 iterations."""
+    from metaad_dist.cli import compose_config
+
+    cfg = compose_config([
+        "data=digits", f"data.path={prepared_digits}", f"storage.root={tmp_path}", "quiet=true",
+        "meta.episodes=110", "trainer.validate_every=1", "tune.budgets=[5]", "tune.num_samples=1",
+        "tune.name=long", "tune.space=[{path: meta.inner_steps, kind: choice, choices: [1]}]",
+    ])
+    (grid,) = run_sweep(cfg)
+    (row,) = trial_rows(grid, cfg.meta.episodes, 5)
+    assert row["completed"] and row["episode"] == 110
+
+
+def test_asha_settings_outside_the_trials_reports(capsys):
+    err = _one_line_error(capsys, "tune", "meta.episodes=100", "trainer.validate_every=10", "tune.grace_period=50")
+    assert "tune.grace_period=50; expected 1 to 11, the validation reports of a trial" in err
+    assert "tune.reduction_factor=1; expected an integer >= 2" in _one_line_error(capsys, "tune", "tune.reduction_factor=1")
+
+
 def _one_line_error(capsys, *argv) -> str:
     assert main(list(argv)) == 2
     err = capsys.readouterr().err.strip()
@@ -104,6 +136,35 @@ def test_each_trial_can_be_a_ray_train_run(ray_local, tmp_path):
     (grid,) = run_sweep(cfg)
     rows = trial_rows(grid, cfg.meta.episodes, 5)
     assert len(rows) == 2 and all(r["completed"] and 0.5 < r["val_auroc"] <= 1 for r in rows)
+    # tune.max_concurrent_trials=1: one trial after the other (timestamps have 1 s resolution)
+    spans = sorted((r.metrics["timestamp"] - r.metrics["time_total_s"], r.metrics["timestamp"]) for r in grid)
+    assert spans[1][0] >= spans[0][1] - 1.5, spans
     runs = tmp_path / "tune" / "ray-trials" / "runs"
     assert sorted(p.name for p in runs.iterdir() if (p / "model.pt").is_file()) == sorted(
         f"trial-{r['trial']}" for r in rows)
+
+
+def test_sweep_on_s3_writes_experiments_runs_and_report_there(ray_local, s3, capsys):
+    """Trials are Ray Train runs started by Ray workers that lack the driver's AWS keys."""
+    overrides = [
+        "data=digits", f"storage.root={s3.uri('sweeps')}", f"storage.endpoint_url={s3.endpoint_url}",
+        "meta.episodes=40", "trainer.validate_every=20", "tune.budgets=[5]", "tune.num_samples=1",
+        "tune.trainable=ray", "tune.scheduler=fifo", "trainer.num_workers=1", "tune.name=remote",
+        "tune.space=[{path: meta.inner_steps, kind: choice, choices: [1]}]",
+    ]
+    assert main(["tune", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert f"-> {s3.uri('sweeps', 'tune', 'remote', 'report', 'best_budget_5.yaml')}" in printed
+    keys = s3.keys("sweeps/tune/remote/")
+    report = {k.rsplit("/", 1)[1] for k in keys if "/report/" in k}
+    assert {"results.md", "results.csv", "budget_curve.png", "best_budget_5.yaml"} <= report
+    assert any(k.startswith("sweeps/tune/remote/budget_5/") for k in keys)  # Tune's experiment state
+    assert any(k.startswith("sweeps/tune/remote/runs/trial-") and k.endswith("/model.pt") for k in keys)
+    assert "sweeps/tune/remote/sweep_config.yaml" in keys
+    # A rerun restores the finished experiment from S3 instead of training again.
+    assert main(["tune", *overrides]) == 0
+    assert s3.keys("sweeps/tune/remote/runs/") == [k for k in keys if k.startswith("sweeps/tune/remote/runs/")]
+    # The keys reached the trials, but no Ray log, runtime env record or experiment state holds them.
+    assert ray_files_containing(s3.server.secret_key) == []
+    client = s3.server.client()
+    assert not [k for k in keys if s3.server.secret_key.encode() in client.get_object(Bucket=s3.bucket, Key=k)["Body"].read()]

@@ -56,8 +56,11 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_outputs(rows: list[dict], cfg, out_dir: Path) -> dict:
+def write_outputs(rows: list[dict], cfg, out_dir: Path, shown_dir: str | None = None) -> dict:
+    """Write the tables, exported configs and curve into the local folder `out_dir`; the files
+    name themselves under `shown_dir` (e.g. the s3:// folder they are uploaded to) if given."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    shown_dir = (shown_dir or str(out_dir)).rstrip("/")
     header, body = _table(rows)
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *body])
@@ -72,14 +75,14 @@ def write_outputs(rows: list[dict], cfg, out_dir: Path) -> dict:
         path = out_dir / f"best_budget_{budget}.yaml"
         trial_cfg = apply_params(cfg, row["params"])
         path.write_text(
-            EXPORT_HEADER.format(budget=budget, auroc=row["val_auroc"], trial=row["trial"], path=path)
+            EXPORT_HEADER.format(budget=budget, auroc=row["val_auroc"], trial=row["trial"], path=f"{shown_dir}/{path.name}")
             + OmegaConf.to_yaml(trial_cfg)
         )
-        exported[budget] = str(path)
+        exported[budget] = f"{shown_dir}/{path.name}"
         md.append(f"| {budget} | {row['val_auroc']:.4f} | {row['trial']} | {path.name} |")
     (out_dir / "results.md").write_text("\n".join(md) + "\n")
     _plot_budget_curve(best, out_dir / "budget_curve.png")
-    return {"best": best, "exported": exported, "out_dir": str(out_dir)}
+    return {"best": best, "exported": exported, "out_dir": shown_dir}
 
 
 def _plot_budget_curve(best: dict[int, dict], path: Path) -> None:
