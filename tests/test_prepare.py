@@ -523,3 +523,25 @@ def test_prepare_needs_an_output_for_builtin(compose):
     with pytest.raises(ConfigError) as exc:
         prepare_command(compose("data=digits"))
     assert "needs output=" in one_line(exc)
+
+
+def test_damaged_compressed_inputs_and_unknown_encoding_are_one_line(tmp_path):
+    csv = write_csv(tmp_path / "t.csv", synth_rows(COUNTS))
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(csv.read_bytes())[:-200])  # a truncated download
+    fake = tmp_path / "fake.csv.gz"
+    fake.write_bytes(csv.read_bytes())  # not gzip at all
+    member = tmp_path / "bad.zip"
+    with zipfile.ZipFile(member, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(csv, "t.csv")
+    raw = bytearray(member.read_bytes())
+    raw[200:260] = b"\xff" * 60  # corrupt the deflated member, keep the directory
+    member.write_bytes(bytes(raw))
+    for path in (cut, fake, member):
+        with pytest.raises(DataError) as err:
+            prepare_dataset(synth_data([path]), str(tmp_path / f"out-{path.name}"), StorageConfig())
+        assert str(path) in str(err.value) and "cannot read" in str(err.value), str(err.value)
+        assert len(str(err.value).splitlines()) == 1
+        assert not (tmp_path / f"out-{path.name}" / "manifest.json").exists()
+    with pytest.raises(ConfigError, match=r"data.source.encoding='klingon'; expected a Python codec name"):
+        prepare_dataset(synth_data([csv], encoding="klingon"), str(tmp_path / "out-enc"), StorageConfig())

@@ -259,3 +259,32 @@ def test_killed_actor_restarts_and_sampling_continues_identically(ray_local, syn
     finally:
         steady.shutdown()
         faulty.shutdown()
+
+
+def test_damaged_shard_is_one_line_naming_it(synthetic, tmp_path):
+    import json
+    import shutil
+
+    from metaad_dist.errors import DataError, UserError
+
+    copy = tmp_path / "data"
+    shutil.copytree(synthetic, copy)
+    cfg = synthetic_config(copy)
+    view, scaler, labeler, _, _ = fitted(cfg)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    shard = next(s for s in manifest["shards"] if s["path"].startswith("family=normal/"))
+    path = copy / manifest["shard_root"] / shard["path"]
+    path.write_bytes(path.read_bytes()[: shard["bytes"] // 2])  # a cut copy
+    for read in (lambda: local_samplers(cfg, scaler, labeler), lambda: PreparedSource(str(copy)).read(["normal"])):
+        with pytest.raises(DataError) as err:
+            read()
+        message = str(err.value)
+        assert f"{shard['path']} of family 'normal' has {shard['bytes'] // 2} bytes, not {shard['bytes']}" in message
+        assert "re-run metaad prepare" in message and len(message.splitlines()) == 1
+    path.write_bytes(b"\0" * shard["bytes"])  # the right size, not Parquet
+    with pytest.raises(UserError, match=r": unreadable data \(") as err:
+        PreparedSource(str(copy)).read(["normal"])
+    assert len(str(err.value).splitlines()) == 1
+    path.unlink()
+    with pytest.raises(DataError, match=f"{shard['path']} of family 'normal' is missing"):
+        PreparedSource(str(copy)).read(["normal"])

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from metaad_dist.config import StorageConfig
 from metaad_dist.data.manifest import ROW_ID, SPLIT, family_shards, feature_names, load_manifest
@@ -54,13 +55,18 @@ class PreparedSource:
         self._family(family)
         shards = family_shards(self.manifest, family)
         paths = [self.location.path(self.manifest["shard_root"], s["path"]) for s in shards]
-        try:
-            with storage_errors(self.uri):
-                dataset = pads.dataset(paths, filesystem=self.location.fs, format="parquet")
-        except FileNotFoundError as exc:
-            raise DataError(
-                f"{self.uri}: shard {exc} of family '{family}' is missing; the dataset is damaged, re-run metaad prepare"
-            ) from None
+        with storage_errors(self.uri):
+            infos = self.location.fs.get_file_info(paths)
+        for shard, info in zip(shards, infos):
+            # The manifest's sizes: a cheap check that catches missing, cut or replaced shards.
+            if info.type == pafs.FileType.NotFound or info.size != int(shard["bytes"]):
+                found = "is missing" if info.type == pafs.FileType.NotFound else f"has {info.size} bytes, not {shard['bytes']}"
+                raise DataError(
+                    f"{self.uri}: shard {shard['path']} of family '{family}' {found}; the dataset is damaged, "
+                    "re-run metaad prepare"
+                )
+        with storage_errors(self.uri):
+            dataset = pads.dataset(paths, filesystem=self.location.fs, format="parquet")
         self.files_opened[family] += len(paths)
         self.bytes_read[family] += sum(int(s["bytes"]) for s in shards)
         return dataset

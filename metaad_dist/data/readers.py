@@ -7,11 +7,14 @@ NPZ is the exception to streaming: numpy loads an archive member whole.
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
 import hashlib
 import io
 import posixpath
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -139,7 +142,20 @@ def _arrow_encoding(encoding: str) -> str:
     # Arrow's CSV reader decodes UTF-8 itself and skips a UTF-8 byte-order mark.
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig"):
         return "utf8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(f"data.source.encoding='{encoding}'; expected a Python codec name such as utf-8 or latin-1") from None
     return encoding
+
+
+@contextlib.contextmanager
+def _damaged(raw: "RawFile") -> Iterator[None]:
+    """Decompression and truncation errors (a cut .gz, a corrupt zip member) as one line."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise DataError(f"{raw.key}: {raw.uri}: cannot read ({_first_line(exc)}); is the file complete and of its format?") from None
 
 
 def _csv_read_options(src: SourceConfig, block_size: int, names: Optional[list[str]]) -> pacsv.ReadOptions:
@@ -163,7 +179,8 @@ def column_names(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> lis
             return list(src.column_names)
         opened = _Opened(raw, storage)
         try:
-            head = opened.stream.read(PEEK_BLOCK)
+            with _damaged(raw):
+                head = opened.stream.read(PEEK_BLOCK)
         finally:
             opened.close()
         line = head.split(b"\n", 1)[0]
@@ -230,6 +247,11 @@ def iter_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Stream the columns in `types` (in file order) from one raw file, cast to those types."""
     include = [n for n in names if n in types]
+    with _damaged(raw):
+        yield from _iter_kind(raw, src, storage, names, include, types, batch_rows)
+
+
+def _iter_kind(raw, src, storage, names, include, types, batch_rows) -> Iterator[pa.RecordBatch]:
     if raw.kind in ("csv", "zip"):
         yield from _iter_csv(raw, src, storage, names, include, types)
     elif raw.kind == "parquet":

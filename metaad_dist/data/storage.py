@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from metaad_dist.config import StorageConfig
@@ -142,7 +143,7 @@ class Location:
 
 @contextlib.contextmanager
 def storage_errors(uri: str) -> Iterator[None]:
-    """Turn pyarrow's multi-line I/O errors (S3 or local) into one line naming the location."""
+    """Turn pyarrow's multi-line I/O and decoding errors (S3 or local) into one line naming the location."""
     try:
         yield
     except (FileNotFoundError, UserError):
@@ -150,6 +151,9 @@ def storage_errors(uri: str) -> Iterator[None]:
     except OSError as exc:
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(f"{uri}: storage error: {first}") from None
+    except pa.ArrowInvalid as exc:  # a truncated or overwritten Parquet file, read past its checks
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(f"{uri}: unreadable data ({first})") from None
 
 
 def _endpoint(storage: StorageConfig) -> Optional[str]:

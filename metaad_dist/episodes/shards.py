@@ -64,10 +64,11 @@ class _Files:
     number of shards an actor touches (that is, with the dataset).
     """
 
-    def __init__(self, uri: str, storage: StorageConfig, paths: list[str]):
+    def __init__(self, uri: str, storage: StorageConfig, paths: list[str], sizes: Optional[list[int]] = None):
         self.location = open_location(uri, storage, create_bucket=False)
         self.uri = uri
         self.paths = paths
+        self.sizes = sizes  # the manifest's byte counts, checked when a shard is first opened
         self.footers: dict[int, pq.FileMetaData] = {}
         self.counters = new_counters()
 
@@ -76,6 +77,11 @@ class _Files:
         try:
             with storage_errors(self.uri):
                 handle = self.location.fs.open_input_file(self.paths[shard])
+                if footer is None and self.sizes and handle.size() != self.sizes[shard]:
+                    raise DataError(
+                        f"{self.uri}: shard {self.paths[shard]} of family '{family}' has {handle.size()} bytes, not "
+                        f"{self.sizes[shard]}; the dataset is damaged, re-run metaad prepare"
+                    )
                 pf = pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
         except FileNotFoundError:
             raise DataError(
@@ -267,7 +273,8 @@ def build_plan(
     roles = FamilyRoles.from_config(data, source.family_names())
     manifest = source.manifest
     paths = [source.location.path(manifest["shard_root"], s["path"]) for s in manifest["shards"]]
-    files = _Files(source.uri, storage, paths)
+    sizes = [int(s["bytes"]) for s in manifest["shards"]]
+    files = _Files(source.uri, storage, paths, sizes)
     scaler = FeatureScaler.from_state_dict(scaler_state)
     labeler = ClassLabeler.from_state_dict(labeler_state)
     if labeler.num_normal_families != len(roles.normal):
@@ -311,6 +318,7 @@ def build_plan(
         uri=source.uri,
         storage=storage,
         shard_paths=paths,
+        shard_bytes=sizes,
         feature_names=list(source.feature_names),
         scaler_state=scaler_state,
         labeler_state=labeler_state,
@@ -352,7 +360,7 @@ class ShardReader:
 
     def __init__(self, plan: SamplerPlan):
         self.plan = plan
-        self.files = _Files(plan.uri, plan.storage, plan.shard_paths)
+        self.files = _Files(plan.uri, plan.storage, plan.shard_paths, plan.shard_bytes)
         self.scaler = FeatureScaler.from_state_dict(plan.scaler_state)
         self.labeler = ClassLabeler.from_state_dict(plan.labeler_state)
         self.columns = [ROW_ID] + list(plan.feature_names)
