@@ -151,3 +151,18 @@ def test_views_agree_on_the_split_when_only_some_families_have_official_test_row
     assert not rows(view.normal_x) & rows(test.normal_x)  # no training normal is scored as a test normal
     full = PartlySplitSource().read(["8"])
     assert len(test.held_out_x["8"]) == ((full.families == "8") & (full.split == "test")).sum()
+
+
+class ValidationOnlyInTestFileSource(CountingSource):
+    def read(self, families):
+        table = super().read(families)
+        return dataclasses.replace(table, split=np.where(table.families == "7", "test", "train"))
+
+
+def test_validation_family_without_training_rows_is_a_config_error():
+    from metaad_dist.errors import ConfigError
+
+    data, roles = _digits_roles()
+    meta = MetaConfig(budget=10, k_shot=5, n_support=64, n_query=64)
+    with pytest.raises(ConfigError, match="data.validation: family '7' has no training rows to validate on"):
+        build_training_view(ValidationOnlyInTestFileSource(), roles, data, meta, seed=3)

@@ -143,6 +143,8 @@ def test_learner_curriculum_feeds_only_the_picked_families_and_checkpoints_its_m
     ("meta.curriculum_families=-1", "meta.curriculum_families=-1; expected an integer >= 0 (0 switches it off)"),
     ("meta.curriculum_temperature=0", "meta.curriculum_temperature=0.0; expected a number > 0"),
     ("meta.curriculum_momentum=1", "meta.curriculum_momentum=1.0; expected a number in [0, 1)"),
+    ("model.temperature_max=1.0", "model.temperature_init=1.0 with temperature_min=0.3, temperature_max=1.0; "
+                                  "expected 0 < temperature_min < temperature_init < temperature_max"),
 ])
 def test_bad_option_settings_are_one_line_errors(compose, override, message):
     from metaad_dist.errors import ConfigError

@@ -136,6 +136,8 @@ def build_training_view(
     validation = {}
     for family in roles.validation:
         rows = _rows_of(table, family, "train" if table.split is not None else None)
+        if len(rows) == 0:  # its AUROC would be NaN and a sweep would rank trials by nothing
+            raise ConfigError(f"data.validation: family '{family}' has no training rows to validate on")
         keep = _family_rng(seed, 3, family).permutation(len(rows))[: data.max_validation_rows]
         validation[family] = rows.features[np.sort(keep)]
     normal_x = np.concatenate(train_parts)

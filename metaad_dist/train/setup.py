@@ -56,6 +56,11 @@ def check_model_config(cfg: ModelConfig) -> None:
             raise ConfigError(f"model.{key}={getattr(cfg, key)}; expected an integer >= {low}")
     if cfg.memory_autoencoder_lr <= 0:
         raise ConfigError(f"model.memory_autoencoder_lr={cfg.memory_autoencoder_lr}; expected a number > 0")
+    if not 0 < cfg.temperature_min < cfg.temperature_init < cfg.temperature_max:
+        raise ConfigError(
+            f"model.temperature_init={cfg.temperature_init} with temperature_min={cfg.temperature_min}, "
+            f"temperature_max={cfg.temperature_max}; expected 0 < temperature_min < temperature_init < temperature_max"
+        )
     if cfg.odin_epsilon < 0:
         raise ConfigError(f"model.odin_epsilon={cfg.odin_epsilon}; expected a number >= 0 (0 switches it off)")
     if cfg.fusion_rule not in FUSION_RULES:
