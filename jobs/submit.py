@@ -85,9 +85,12 @@ async def _follow(c, job_id: str) -> None:
 def wait(c, job_id: str, follow: bool, timeout: float) -> str:
     from ray.job_submission import JobStatus
 
-    if follow:
-        asyncio.run(_follow(c, job_id))  # returns when the job ends
     start = time.monotonic()
+    if follow:
+        try:  # returns when the job ends
+            asyncio.run(asyncio.wait_for(_follow(c, job_id), timeout or None))
+        except asyncio.TimeoutError:
+            return "TIMEOUT"
     while True:
         status = c.get_job_status(job_id)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):

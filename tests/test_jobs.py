@@ -110,3 +110,19 @@ def test_unreachable_cluster_is_one_line():
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("submit: error: cannot reach the Ray cluster")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_follow_gives_up_at_the_timeout_with_exit_code_3(ray_head, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    proc = subprocess.run(
+        [sys.executable, str(SUBMIT), "train", "--address", ray_head, "--follow", "--timeout", "8", "--",
+         "data=digits", "meta.episodes=1000000", f"storage.root={tmp_path}"],
+        capture_output=True, text=True, timeout=180,
+    )
+    client = JobSubmissionClient(ray_head)
+    for job in client.list_jobs():  # stop the endless job: it would hold the head's CPUs
+        if job.status in (JobStatus.PENDING, JobStatus.RUNNING):
+            client.stop_job(job.submission_id)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "still running after 8s" in proc.stderr
