@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -166,6 +167,16 @@ def cache_tag(args) -> str:
     return tag
 
 
+def cell_fingerprint(cfg) -> str:
+    """The cell's whole resolved config (defaults from configs/ included), so that a cached cell
+    is reused only while it would be trained the same way; the dataset's location is left out
+    (dataset_fingerprint covers its content) and so is output verbosity."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings.pop("quiet", None)
+    settings["data"].pop("path", None)
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def dataset_fingerprint(dataset: str, data_root: str) -> str:
     """The prepared dataset's identity: a re-prepared (re-encoded) dataset never reuses old cells."""
     if dataset in BUILTIN_DATASETS:
@@ -239,6 +250,7 @@ def run_cell(args, dataset: str, fold: str, others: list[str], seed: int, budget
             "scaler": args.scaler, "quick": args.quick, "overrides": list(args.set),
             **{k: metrics[k] for k in METRICS}, "n_normal": metrics["n_normal"], "n_anomaly": metrics["n_anomaly"],
             "fit_seconds": fitted - start, "score_seconds": time.perf_counter() - fitted, "commit": git_commit(),
+            "config_sha": cell_fingerprint(cfg),
         }
         for key in ("fusion_weights", "fusion_choice"):
             if hasattr(scorer, key):
@@ -263,7 +275,7 @@ def _run_task(args, task) -> list[dict]:
 
 def run_grid(args, log=print) -> tuple[list[dict], dict]:
     """Compute (or load from cache) every requested cell; returns records and the fold lists."""
-    records, folds_by_dataset, tasks = [], {}, []
+    records, folds_by_dataset, tasks, stale = [], {}, [], []
     seeds = list(range(args.seeds))
     for dataset in args.datasets:
         ensure_prepared(dataset, args.data_root, log)
@@ -277,16 +289,25 @@ def run_grid(args, log=print) -> tuple[list[dict], dict]:
             for seed in seeds:
                 for fold in folds:
                     todo = []
+                    others = [f for f in families if f != fold]
+                    current = cell_fingerprint(compose_config(cell_overrides(args, dataset, fold, others, seed, budget)))
                     for method in args.methods:
                         path = cache_path(args, dataset, fold, seed, budget, method)
-                        if path.is_file() and method not in args.rerun:
-                            records.append(json.loads(path.read_text()))
-                        else:
+                        record = json.loads(path.read_text()) if path.is_file() and method not in args.rerun else None
+                        # Cells written before fingerprints carry none: kept, and counted in the report.
+                        if record is not None and record.get("config_sha", current) != current:
+                            stale.append(f"{dataset}/{fold}/seed{seed}/budget{budget}/{method}")
+                            record = None
+                        if record is None:
                             todo.append(method)
+                        else:
+                            records.append(record)
                     if todo and not args.cached_only:
-                        others = [f for f in families if f != fold]
                         tasks.append((dataset, fold, others, seed, budget, todo))
     cells = sum(len(f) for f in folds_by_dataset.values()) * len(seeds) * len(args.budgets)
+    if stale:
+        log(f"{len(stale)} cached (cell, method) results were computed under another config (first: {stale[0]}): "
+            + ("left out" if args.cached_only else "recomputed"))
     if args.cached_only:
         log(f"--cached-only: {len(records)} cached (cell, method) results reported, nothing computed")
     log(f"{cells} cells, {cells - len(tasks)} complete in the cache, {len(tasks)} to run"
@@ -370,7 +391,16 @@ def _pm(entry: dict, key: str) -> str:
     return f"{entry[key]:.3f} ± {entry[key + '_std']:.3f}" if key in entry else "-"
 
 
-def markdown_report(agg: dict, args, seconds: float, command: str) -> str:
+def provenance_of(records: list[dict]) -> dict:
+    """Which code computed the cells (a cache mixes runs of several commits) and how many cells
+    predate the config fingerprint, so are trusted to match the current configs unchecked."""
+    return {
+        "cell_commits": sorted({r.get("commit", "unknown") for r in records}),
+        "cells_without_config_fingerprint": sum("config_sha" not in r for r in records),
+    }
+
+
+def markdown_report(agg: dict, args, seconds: float, command: str, provenance: dict) -> str:
     seeds = list(range(args.seeds))
     lines = [
         "# Quality benchmark: leave-one-family-out (METHOD.md section 7)",
@@ -383,7 +413,11 @@ def markdown_report(agg: dict, args, seconds: float, command: str) -> str:
         + f"Mean ± std: per fold over seeds; overall = mean over folds of the per-fold means, ± the std over "
         f"seeds of the fold-averaged value. Runtime of this invocation {seconds / 60:.1f} min "
         f"(cells loaded from the cache cost nothing); fit s/cell = mean training time of one "
-        f"(dataset, fold, seed, budget) cell. Machine: {platform.machine()}, {os.cpu_count()} CPUs, commit {git_commit()}.",
+        f"(dataset, fold, seed, budget) cell. Machine: {platform.machine()}, {os.cpu_count()} CPUs. Report written at "
+        f"commit {git_commit()}; cells computed at commits {', '.join(provenance['cell_commits'])}"
+        + (f" ({provenance['cells_without_config_fingerprint']} (cell, method) results predate the config "
+           "fingerprint that invalidates cached cells when a config default changes)"
+           if provenance["cells_without_config_fingerprint"] else "") + ".",
         "",
         f"Command: `{command}`",
     ]
@@ -446,13 +480,14 @@ def main(argv=None) -> int:
             "overrides": list(args.set),
             "seconds": seconds,
             "commit": git_commit(),
+            **provenance_of(records),
             "command": command,
             "summary": summary_of(agg),
             "overall": agg["overall"],
             "per_fold": agg["per_fold"],
         }
         (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / "quality.md").write_text(markdown_report(agg, args, seconds, command))
+        (out / "quality.md").write_text(markdown_report(agg, args, seconds, command, provenance_of(records)))
         print_table(agg)
         print(f"\nwrote {out / 'quality.md'} and {out / 'quality.json'} ({seconds / 60:.1f} min)")
         return 0

@@ -120,3 +120,23 @@ def test_ablations_compare_every_variant_and_cached_only_merges(quality, tmp_pat
     assert quality.main(merged) == 0
     summary = json.loads((out / "quality.json").read_text())["summary"]["digits"]
     assert set(summary) == {"5"} and set(summary["5"]) == {"metaad"}
+
+
+def test_cached_cells_of_another_config_are_not_reused(quality, tmp_path, capsys):
+    args = quick_args(tmp_path, "--methods", "isolation_forest", "--folds", "8")
+    assert quality.main(args) == 0
+    cell_path = next((tmp_path / "cache").rglob("seed0-budget5-isolation_forest.json"))
+    cell = json.loads(cell_path.read_text())
+    assert len(cell["config_sha"]) == 12
+    report = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert report["cell_commits"] == [cell["commit"]] and report["cells_without_config_fingerprint"] == 0
+    capsys.readouterr()
+
+    # As if a default in configs/ had changed since the cell was computed.
+    cell_path.write_text(json.dumps({**cell, "config_sha": "0" * 12}))
+    assert quality.main([*args, "--cached-only"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cached (cell, method) results were computed under another config (first: digits/8/seed0/budget5/isolation_forest): left out" in out
+    assert quality.main(args) == 0  # without --cached-only it is recomputed
+    assert "recomputed" in capsys.readouterr().out
+    assert json.loads(cell_path.read_text())["config_sha"] == cell["config_sha"]
