@@ -395,7 +395,7 @@ def provenance_of(records: list[dict]) -> dict:
     """Which code computed the cells (a cache mixes runs of several commits) and how many cells
     predate the config fingerprint, so are trusted to match the current configs unchecked."""
     return {
-        "cell_commits": sorted({r.get("commit", "unknown") for r in records}),
+        "cell_commits": sorted({r.get("commit") or "unknown" for r in records}),
         "cells_without_config_fingerprint": sum("config_sha" not in r for r in records),
     }
 
