@@ -117,6 +117,7 @@ def compose_config(overrides: list[str], config_file: str | None = None):
 
     register_configs()
     GlobalHydra.instance().clear()
+    _check_override_kinds(overrides)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=PROG):
             if config_file is None:
@@ -126,6 +127,26 @@ def compose_config(overrides: list[str], config_file: str | None = None):
         raise
     except Exception as exc:  # Hydra/OmegaConf parse and composition errors are user mistakes
         raise UserError(_one_line(exc)) from None
+
+
+def _check_override_kinds(overrides: list[str]) -> None:
+    """Only key=value settings of schema keys (and group choices): Hydra's +key / ++key would add
+    keys the schema lacks (a typo trains with the default, silently) and ~key would delete one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as exc:  # noqa: BLE001 - Hydra's parse errors span lines
+        raise UserError(_one_line(exc)) from None
+    groups = set(_config_groups())
+    for override in parsed:
+        if override.key_or_group in groups:
+            continue
+        if override.is_add() or override.is_force_add():
+            raise ConfigError(f"'{override.input_line}': adding keys is not supported; expected key=value for a key "
+                              f"of the schema (run `{PROG} <command> --cfg` for valid keys)")
+        if override.is_delete():
+            raise ConfigError(f"'{override.input_line}': deleting keys is not supported; expected key=value")
 
 
 def _merge_file(cfg, config_file: str):
@@ -184,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG} {command}: {COMMANDS[command][1]}\n")
             print(usage())
             return 0
+        overrides = [a for o in overrides for a in (o.split("=", 1) if o.startswith("--config=") else [o])]
+        unknown = [o for o in overrides if o.startswith("--") and o not in ("--cfg", "--config")]
+        if unknown:
+            raise UserError(f"unknown option '{unknown[0]}'; expected --config FILE, --cfg or key=value overrides")
         show = "--cfg" in overrides
         config_file = None
         if "--config" in overrides:

@@ -160,3 +160,43 @@ def test_score_output_replaces_score_columns_of_a_scored_input(trained_run, tmp_
     once, twice = pq.read_table(tmp_path / "once.parquet"), pq.read_table(tmp_path / "twice.parquet")
     assert twice.column_names == once.column_names
     assert twice.column("anomaly_score").equals(once.column("anomaly_score"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["+meta.episods=5"], "'+meta.episods=5': adding keys is not supported"),
+    (["++meta.episodes=5"], "'++meta.episodes=5': adding keys is not supported"),
+    (["~seed"], "'~seed': deleting keys is not supported"),
+    (["--cfgg"], "unknown option '--cfgg'"),
+    (["--config=/no/such.yaml"], "--config /no/such.yaml: no such file"),
+])
+def test_overrides_outside_the_schema_are_one_line(capsys, argv, message):
+    assert message in _error(capsys, "train", *argv)
+
+
+def test_unwritable_outputs_are_one_line_and_train_checks_before_training(capsys, trained_run, tmp_path):
+    root, args = trained_run
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = _error(capsys, "train", f"storage.root={blocker}/runs", "run=x", "meta.episodes=100000")
+    assert f"{blocker}/runs/x" in err  # refused at once, not after 100000 episodes
+    assert "output=o.csv; expected a .parquet file name" in _error(
+        capsys, "score", *args, f"input={tmp_path / 'x.csv'}", "output=o.csv")
+    err = _error(capsys, "prepare", "data=digits", "output=/proc/no-such-dir/prepared")
+    assert "/proc/no-such-dir/prepared" in err
+
+
+def test_evaluate_reads_a_run_config_written_before_a_setting_existed(capsys, trained_run, tmp_path):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    root, args = trained_run
+    shutil.copytree(root / "quick", tmp_path / "old", ignore=shutil.ignore_patterns("report"))
+    stored = OmegaConf.load(tmp_path / "old" / "config.yaml")
+    del stored.model["fusion_rule"]  # as a run from before that setting was added
+    OmegaConf.save(stored, tmp_path / "old" / "config.yaml")
+    run = [f"storage.root={tmp_path}", "run=old", "quiet=true", "eval.baselines=[]", "eval.budget_curve=[]"]
+    assert main(["evaluate", *run]) == 0
+    stored.model["fusion_rul"] = "delong"  # a key the schema does not know
+    OmegaConf.save(stored, tmp_path / "old" / "config.yaml")
+    assert "old/config.yaml: unknown config key 'model.fusion_rul'" in _error(capsys, "evaluate", *run)

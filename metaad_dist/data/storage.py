@@ -74,7 +74,7 @@ class Location:
         temporary file."""
         final = self.path(*parts)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        with storage_errors(self.uri_of(*parts)):
+        with storage_errors(self.uri_of(*parts), writing=True):
             try:
                 if self.is_s3:  # S3 has no folders to create
                     with self.fs.open_output_stream(tmp) as f:
@@ -95,7 +95,7 @@ class Location:
     def open_output_stream(self, *parts: str):
         """A stream to a final key; callers write objects nobody reads before a manifest names them."""
         path = self.path(*parts)
-        with storage_errors(self.uri_of(*parts)):
+        with storage_errors(self.uri_of(*parts), writing=True):
             parent = posixpath.dirname(path)
             if not self.is_s3:  # S3 has no directories to create
                 self.fs.create_dir(parent, recursive=True)
@@ -142,12 +142,18 @@ class Location:
 
 
 @contextlib.contextmanager
-def storage_errors(uri: str) -> Iterator[None]:
-    """Turn pyarrow's multi-line I/O and decoding errors (S3 or local) into one line naming the location."""
+def storage_errors(uri: str, writing: bool = False) -> Iterator[None]:
+    """Turn pyarrow's multi-line I/O and decoding errors (S3 or local) into one line naming the
+    location. A missing file passes through for readers to name; when writing it is one line too."""
     try:
         yield
-    except (FileNotFoundError, UserError):
+    except UserError:
         raise
+    except FileNotFoundError as exc:
+        if not writing:
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(f"{uri}: cannot write here ({first})") from None
     except OSError as exc:
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(f"{uri}: storage error: {first}") from None

@@ -93,6 +93,8 @@ def score_table(
 def score_command(cfg) -> None:
     if not cfg.input or not cfg.output:
         raise ConfigError("metaad score needs input=<table.csv|table.parquet> and output=<file.parquet>")
+    if not str(cfg.output).endswith(".parquet"):
+        raise ConfigError(f"output={cfg.output}; expected a .parquet file name (scores are written as Parquet)")
     trained, payload = load_run(run_location(cfg))
     scored, unseen = score_table(
         read_table(cfg.input, cfg.storage), trained, float(payload["threshold"]), cfg.input, payload.get("encoder"),

@@ -92,6 +92,14 @@ def load_run(location: Location) -> tuple[TrainedModel, dict]:
 
 
 def load_run_config(location: Location):
+    """The run's config.yaml on the current schema: a run written before a setting existed gets
+    its default; an unknown key or ill-typed value is one line naming the file."""
+    from metaad_dist.cli import _one_line
+    from metaad_dist.config import Config
+
     if not location.exists(CONFIG_FILE):
         raise UserError(f"{location.uri}: no trained run here (missing {CONFIG_FILE})")
-    return OmegaConf.create(location.read_bytes(CONFIG_FILE).decode())
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(location.read_bytes(CONFIG_FILE).decode()))
+    except Exception as exc:  # noqa: BLE001 - YAML and schema errors of a stored file
+        raise UserError(f"{location.uri}/{CONFIG_FILE}: {_one_line(exc)}") from None

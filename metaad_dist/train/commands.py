@@ -32,6 +32,9 @@ def validation_threshold(model, setup, score: str) -> float:
     return choose_threshold(normal, anomalies)
 
 
+WRITE_CHECK = ".write-check"
+
+
 def save_trained_run(
     cfg, location, trained: TrainedModel, setup, history: list[dict], seconds: float, extra_metrics: Optional[dict] = None
 ) -> dict:
@@ -63,6 +66,8 @@ def train_command(cfg) -> None:
         from metaad_dist.train.local import train_local
 
         location = run_location(cfg)
+        location.write_bytes_atomic(b"", WRITE_CHECK)  # an unwritable storage.root fails now, not after training
+        location.delete(WRITE_CHECK)
         result = train_local(cfg)
         metrics = save_trained_run(cfg, location, result.trained, result.setup, result.history, result.seconds)
         location_uri = location.uri
