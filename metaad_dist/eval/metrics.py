@@ -7,7 +7,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 def fpr_at_tpr(y_true: np.ndarray, scores: np.ndarray, tpr_level: float = 0.95) -> float:
     """False-positive rate at the first threshold reaching `tpr_level` true-positive rate."""
-    fpr, tpr, _ = roc_curve(y_true, scores)
+    # Every threshold: dropping collinear points can skip the first one reaching the level when
+    # scores tie (duplicate rows), which overstates the FPR.
+    fpr, tpr, _ = roc_curve(y_true, scores, drop_intermediate=False)
     return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
 
 
