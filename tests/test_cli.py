@@ -112,6 +112,11 @@ def test_evaluate_prints_table_and_writes_report(trained_run, capsys):
 
     assert metrics["fusion_weights"] in fusion_candidates(ModelConfig())
     assert "## Held-out families" in (report / "report.md").read_text()
+    # the secondary numbers: meta families' rows outside the budget pool, in JSON and Markdown
+    assert {"overall", "5", "6"} <= set(metrics["seen_meta"]["metaad"])
+    assert all(0.5 < m["auroc"] <= 1 for m in metrics["seen_meta"]["metaad"].values())
+    assert "## Seen meta families" in (report / "report.md").read_text()
+    assert "| metaad | 5 |" in (report / "report.md").read_text()
     assert "Fusion weights (network, knn, isolation, reconstruction)" in (report / "report.md").read_text()
     for png in ("roc_held_out.png", "score_histogram.png", "auroc_vs_budget.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
