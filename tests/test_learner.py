@@ -56,3 +56,30 @@ def test_grad_sync_sees_each_levels_parameters():
     learner = MetaLearner(model, cfg, torch.device("cpu"), grad_sync=lambda params: seen.append(len(params)))
     learner.step(ep)
     assert seen == [len(learner.inner_params), len(learner.outer_params)]
+
+
+def test_resume_continues_the_dropout_stream_exactly():
+    """4 episodes straight == 2 episodes, checkpoint, fresh process state, 2 more (dropout on)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    labels, fam = rng.integers(0, 3, 300), np.zeros(300, int)
+    cfg = MetaConfig(n_support=32, n_query=32, k_shot=3, budget=5)
+    sampler = EpisodeSampler(x, labels, fam, 1, {"a": rng.normal(size=(5, 8)).astype(np.float32)}, cfg, 0)
+
+    def build():
+        torch.manual_seed(0)  # as a restarted worker does before loading the checkpoint
+        return MetaLearner(MetaADModel(8, 3, (16,), 8, dropout=0.2), cfg, torch.device("cpu"))
+
+    straight = build()
+    for e in range(4):
+        straight.step(sampler.episode(e))
+    first = build()
+    for e in range(2):
+        first.step(sampler.episode(e))
+    state = first.state_dict()
+    resumed = build()
+    resumed.load_state_dict(state)
+    for e in range(2, 4):
+        resumed.step(sampler.episode(e))
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)

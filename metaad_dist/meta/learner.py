@@ -163,6 +163,11 @@ class MetaLearner:
         }
         if self.curriculum is not None:
             state["curriculum"] = self.curriculum.state_dict()
+        # Dropout draws from torch's generator: a resumed run must continue its stream, not the
+        # stream of a freshly seeded process.
+        state["torch_rng"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -171,3 +176,7 @@ class MetaLearner:
         self.outer_opt.load_state_dict(state["outer_opt"])
         if self.curriculum is not None:
             self.curriculum.load_state_dict(state.get("curriculum", {"margins": {}}))
+        if "torch_rng" in state:  # checkpoints from before it was saved resume without it
+            torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
