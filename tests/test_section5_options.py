@@ -114,6 +114,14 @@ def test_curriculum_prefers_low_margin_families_and_is_seeded():
     assert HardFamilyCurriculum(5, 0.1, 0.5, 3).choose(["a", "b"], 0) == ["a", "b"]
 
 
+def test_curriculum_at_a_tiny_temperature_still_picks_enough_families():
+    """exp() underflows to 0 for all but the hardest family; picking 2 without replacement must not fail."""
+    cur = HardFamilyCurriculum(families=2, temperature=0.001, momentum=0.5, seed=3)
+    cur.observe({"a": -0.2, "b": 0.6, "c": 0.7, "d": float("nan")})
+    picks = [cur.choose(["a", "b", "c", "d"], e) for e in range(20)]
+    assert all(len(p) == 2 and "a" in p for p in picks)  # the hardest family every time
+
+
 def test_learner_curriculum_feeds_only_the_picked_families_and_checkpoints_its_margins():
     sampler, cfg = _episode(curriculum_families=1, curriculum_temperature=0.05)
     learner = MetaLearner(_model(), cfg, CPU, seed=1)

@@ -29,8 +29,11 @@ class HardFamilyCurriculum:
 
     def probabilities(self, candidates: Sequence[str]) -> np.ndarray:
         m = np.array([self.margins.get(f, 0.0) for f in candidates], dtype=np.float64)
+        m = np.nan_to_num(m, nan=0.0)  # a family whose margin could not be measured: neutral
         logits = -(m - m.min()) / self.temperature
-        p = np.exp(logits)
+        # A floor: at small temperatures exp() underflows to 0 for all but the hardest family,
+        # and choosing `families` of them without replacement needs that many non-zero entries.
+        p = np.maximum(np.exp(logits), 1e-12)
         return p / p.sum()
 
     def choose(self, candidates: Sequence[str], episode: int) -> list[str]:
