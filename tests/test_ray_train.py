@@ -220,6 +220,15 @@ def test_resume_with_another_worker_count_is_one_clear_error(ray_local, compose,
         train_ray(compose(*overrides, "meta.episodes=4", "trainer.num_workers=1"))
 
 
+def test_resume_with_other_episode_settings_is_one_clear_error(ray_local, compose, tmp_path):
+    """The in-memory sampler keeps no fingerprint: the checkpoint's config is compared instead."""
+    overrides = [*SMALL, f"storage.root={tmp_path}", "run=changed", "trainer.max_failures=0"]
+    train_ray(compose(*overrides, "meta.episodes=2"))
+    with pytest.raises(ConfigError, match=r"meta.k_shot=2 but .*checkpoint_000000002 was written with meta.k_shot=\d+ "):
+        train_ray(compose(*overrides, "meta.episodes=4", "meta.k_shot=2"))
+    train_ray(compose(*overrides, "meta.episodes=4", "trainer.log_every=1"))  # more episodes, other logging: fine
+
+
 def test_more_workers_than_cpus(ray_local, compose, tmp_path):
     cfg = compose(*SMALL, f"storage.root={tmp_path}", "trainer.num_workers=3")
     with pytest.raises(ConfigError, match=r"^trainer.num_workers=3 exceeds the 2 CPUs of the Ray cluster$"):

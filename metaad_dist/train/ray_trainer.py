@@ -347,6 +347,33 @@ def sampler_state(cfg, source: EpisodeSource, next_episode: int) -> dict:
     return state
 
 
+def changed_trajectory_setting(saved_yaml: Optional[str], cfg) -> Optional[tuple[str, object, object]]:
+    """(key, current, saved) of the first setting that would change what a resumed run trains
+    on (seed, data but its location, meta but the episode count, model), or None."""
+    if saved_yaml is None:
+        return None
+
+    def settings(c) -> dict:
+        c = OmegaConf.to_container(c, resolve=True)
+        data = {k: v for k, v in c.get("data", {}).items() if k != "path"}
+        meta = {k: v for k, v in c.get("meta", {}).items() if k != "episodes"}
+        return _flatten({"seed": c.get("seed"), "data": data, "meta": meta, "model": c.get("model", {})})
+
+    now, then = settings(cfg), settings(OmegaConf.create(saved_yaml))
+    for key in sorted(set(now) | set(then)):
+        if now.get(key) != then.get(key):
+            return key, now.get(key), then.get(key)
+    return None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
 def restore(state: dict, learner: MetaLearner, source: EpisodeSource, cfg, world: int, steps: int, where: str):
     """Load a checkpoint into the learner (and sampler); returns (step, history, seconds)."""
     if state["num_workers"] != world:
@@ -358,6 +385,13 @@ def restore(state: dict, learner: MetaLearner, source: EpisodeSource, cfg, world
         raise ConfigError(
             f"meta.episodes={cfg.meta.episodes} but {where} already holds {state['episodes_done']} episodes; "
             "raise meta.episodes or use a new run name"
+        )
+    changed = changed_trajectory_setting(state.get("config"), cfg)
+    if changed is not None:
+        key, now, then = changed
+        raise ConfigError(
+            f"{key}={now} but {where} was written with {key}={then} (it changes the episodes or the model); "
+            "resume with the same setting or use a new run name"
         )
     if state["sampler"].get("kind") != cfg.trainer.sampler:
         raise ConfigError(
