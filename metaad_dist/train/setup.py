@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -146,6 +146,7 @@ class TrainingSetup:
     validation_x: dict[str, np.ndarray]  # scaled
     memory_x: np.ndarray  # scaled training normal rows the model's normal memory keeps
     calibration_x: np.ndarray  # scaled validation normal rows that calibrate the score fusion
+    labeler: Optional[ClassLabeler] = None  # fitted: the sampler actors reuse it instead of refitting k-means
 
     def run_metadata(self) -> dict:
         """What a saved run records about its data: roles, the budget pool, and the encoder."""
@@ -206,5 +207,6 @@ def build_setup(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> Train
         validation_x={f: scaler.transform(x) for f, x in view.validation_x.items()},
         memory_x=memory_x,
         calibration_x=calibration_x,
+        labeler=labeler,
     )
 
