@@ -19,7 +19,7 @@ def _pins() -> dict[str, str]:
 
 
 PINS = _pins()
-RAY, TORCH = PINS["ray"], PINS["torch"].split("+")[0]
+RAY, TORCH = PINS["ray"], PINS["torch"]
 
 
 def _load(name: str) -> dict:
@@ -35,6 +35,12 @@ def _images(node) -> list[str]:
     return []
 
 
+def test_pins_are_installable_from_pypi():
+    """PyPI has no local version labels (torch 2.13.0+cpu): `torch==2.13.0` still takes the CPU
+    file where a machine keeps one, and resolves anywhere else."""
+    assert [name for name, version in PINS.items() if "+" in version] == []
+
+
 def test_pyproject_ranges_admit_the_pins():
     text = (REPO / "pyproject.toml").read_text()
     assert f'"ray[default,train,tune]>={RAY[:4]}' in text and f'"torch>={TORCH[:4]}' in text
@@ -42,6 +48,14 @@ def test_pyproject_ranges_admit_the_pins():
 
 def test_cluster_launcher_yaml():
     cfg = _load("aws.yaml")
+    import json
+
+    import jsonschema
+    import ray
+
+    # Ray's own schema for cluster launcher files (the one `ray up` validates against).
+    jsonschema.validate(cfg, json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text()))
+    assert ".gitignore" in cfg["rsync_filter"]  # .venv and runs/ stay on the laptop
     for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "setup_commands",
                 "head_start_ray_commands", "worker_start_ray_commands"):
         assert key in cfg, key
