@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 . "${METAAD_VENV:-.venv}/bin/activate"
 metaad train data=digits model=mlp_image run=digits-demo "$@"
-metaad evaluate data=digits run=digits-demo
+metaad evaluate data=digits run=digits-demo "$@"

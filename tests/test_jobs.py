@@ -70,7 +70,14 @@ def ray_head(s3_server, tmp_path_factory):
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)  # workers that left the group
+    import psutil  # not pkill: a minimal image has no procps
+
+    for leftover in psutil.process_iter(["cmdline"]):  # workers that left the group
+        if str(temp) in " ".join(leftover.info["cmdline"] or []):
+            try:
+                leftover.kill()
+            except psutil.Error:
+                pass
     shutil.rmtree(temp, ignore_errors=True)
     log.close()
 
