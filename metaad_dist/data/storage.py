@@ -141,6 +141,11 @@ class Location:
                 self.fs.delete_file(path)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (pyarrow's span several)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 @contextlib.contextmanager
 def storage_errors(uri: str, writing: bool = False) -> Iterator[None]:
     """Turn pyarrow's multi-line I/O and decoding errors (S3 or local) into one line naming the
@@ -152,14 +157,11 @@ def storage_errors(uri: str, writing: bool = False) -> Iterator[None]:
     except FileNotFoundError as exc:
         if not writing:
             raise
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"{uri}: cannot write here ({first})") from None
+        raise UserError(f"{uri}: cannot write here ({first_line(exc)})") from None
     except OSError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"{uri}: storage error: {first}") from None
+        raise UserError(f"{uri}: storage error: {first_line(exc)}") from None
     except pa.ArrowInvalid as exc:  # a truncated or overwritten Parquet file, read past its checks
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"{uri}: unreadable data ({first})") from None
+        raise UserError(f"{uri}: unreadable data ({first_line(exc)})") from None
 
 
 def _endpoint(storage: StorageConfig) -> Optional[str]:

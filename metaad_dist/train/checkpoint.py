@@ -20,6 +20,7 @@ import tempfile
 
 import torch
 
+from metaad_dist.data.storage import first_line
 from metaad_dist.errors import UserError
 
 STATE_FILE = "state.pt"
@@ -91,6 +92,5 @@ def load_checkpoint(checkpoint) -> dict:
             "older one, or train under a new run name"
         ) from None
     except OSError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"{where}: cannot read checkpoint: {first}") from None
+        raise UserError(f"{where}: cannot read checkpoint: {first_line(exc)}") from None
     return read_state(data, where)
