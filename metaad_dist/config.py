@@ -61,6 +61,11 @@ class DataConfig:
     # Rows of validation families kept for model selection; the rest are never read.
     max_validation_rows: int = 2000
     scaler: str = "standard"  # standard | quantile | none
+    # Out-of-core training (train/setup.py, episodes/stream.py): at most this many rows of the
+    # normal families are decoded to fit the scaler, the pseudo-classes, the normal memory and the
+    # calibration rows; a prepared dataset with more normal rows streams its episodes
+    # (trainer.sampler=auto). Smaller: less memory and setup time, noisier statistics.
+    fit_sample_rows: int = 262144
 
 
 @dataclass
@@ -179,7 +184,11 @@ class TrainerConfig:
     # Ray Train (trainer=ray, metaad_dist/train/ray_trainer.py); the local trainer ignores these.
     cpus_per_worker: float = 1.0
     backend: str = "auto"  # auto (nccl with use_gpu, else gloo) | gloo | nccl
-    sampler: str = "memory"  # memory: EpisodeSampler inside each worker | actors: Ray sampler pool
+    # auto: memory for the built-in data and prepared datasets whose normal rows fit
+    # data.fit_sample_rows, else streaming (stream with trainer=local, actors with trainer=ray)
+    # memory: every training normal row in each process | stream: bounded buffers in this process
+    # actors: Ray sampler actors shared by every Ray Train worker
+    sampler: str = "auto"
     checkpoint_every: int = 200  # episodes (all workers together) between checkpoints; 0: at the end only
     keep_checkpoints: int = 2  # newest checkpoints kept in the run's storage
     max_failures: int = 2  # automatic restarts from the latest checkpoint after a worker dies

@@ -60,20 +60,32 @@ def has_test_rows(table: FamilyTable, family: str) -> bool:
     return table.split is not None and bool(((table.families == family) & (table.split == "test")).any())
 
 
-def split_normal_positions(
-    n: int, family: str, data: DataConfig, seed: int, official_test: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted (train, val, test) positions among a normal family's `n` pool rows in row-id order.
+def split_masks(n: int, family: str, data: DataConfig, seed: int, official_test: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) boolean masks over a normal family's `n` pool rows in row-id order.
 
     The pool is every row of the family, or its official train rows when the family has official
-    test rows (has_test_rows; then no test share is carved out). Needs row counts only, so a reader
-    that sees just the row-id column (the sampler actors) splits exactly as the views do.
+    test rows (has_test_rows; then no test share is carved out); the rest of the pool is test.
+    Needs row counts only, so a reader that sees just the row-id column (the sampler actors, the
+    streaming setup) splits exactly as the views do. The seeded permutation is held as int32
+    (`shuffle` of an arange draws exactly as `permutation`): 4 bytes a row, freed on return.
     """
-    order = _family_rng(seed, 1, family).permutation(n)
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    _family_rng(seed, 1, family).shuffle(order)
     n_val = int(round(data.val_fraction * n))
     n_test = 0 if official_test else int(round(data.test_fraction * n))
-    val_idx, test_idx, train_idx = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
-    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+    train = np.ones(n, dtype=bool)
+    train[order[:n_val + n_test]] = False
+    val = np.zeros(n, dtype=bool)
+    val[order[:n_val]] = True
+    return train, val
+
+
+def split_normal_positions(
+    n: int, family: str, data: DataConfig, seed: int, official: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted (train, val, test) positions among a normal family's `n` pool rows (split_masks)."""
+    train, val = split_masks(n, family, data, seed, official)
+    return np.flatnonzero(train), np.flatnonzero(val), np.flatnonzero(~(train | val))
 
 
 def budget_positions(n: int, family: str, budget: int, seed: int) -> np.ndarray:
@@ -94,6 +106,12 @@ def _split_normal(table: FamilyTable, family: str, data: DataConfig, seed: int):
 def _budget_pool(table: FamilyTable, family: str, budget: int, seed: int) -> FamilyTable:
     rows = _rows_of(table, family, "train")
     return rows.select(budget_positions(len(rows), family, budget, seed))
+
+
+def validation_positions(n: int, family: str, cap: int, seed: int) -> np.ndarray:
+    """Sorted positions of the (at most `cap`) rows of a validation family kept for model
+    selection, among its `n` train rows in row-id order."""
+    return np.sort(_family_rng(seed, 3, family).permutation(n)[:cap])
 
 
 def check_meta_config(meta: MetaConfig) -> None:
@@ -138,8 +156,7 @@ def build_training_view(
         rows = _rows_of(table, family, "train" if table.split is not None else None)
         if len(rows) == 0:  # its AUROC would be NaN and a sweep would rank trials by nothing
             raise ConfigError(f"data.validation: family '{family}' has no training rows to validate on")
-        keep = _family_rng(seed, 3, family).permutation(len(rows))[: data.max_validation_rows]
-        validation[family] = rows.features[np.sort(keep)]
+        validation[family] = rows.features[validation_positions(len(rows), family, data.max_validation_rows, seed)]
     normal_x = np.concatenate(train_parts)
     if len(normal_x) < meta.n_support + meta.n_query:
         raise ConfigError(

@@ -128,9 +128,12 @@ class SamplerPool:
         labeler: the run's fitted ClassLabeler or its state_dict (labels for the inner cross-entropy).
         budget_row_ids: the run's budget pools {meta family: row ids} (TrainingView.budget_row_ids);
             None draws them exactly as the training view does, reading row ids only.
+        layouts: the normal families' layouts of a streaming setup (shards.normal_layouts), so the
+            plan task need not read the row ids again; None reads them.
     """
 
-    def __init__(self, cfg: Config, scaler, labeler, budget_row_ids: Optional[dict[str, np.ndarray]] = None):
+    def __init__(self, cfg: Config, scaler, labeler, budget_row_ids: Optional[dict[str, np.ndarray]] = None,
+                 layouts: Optional[list] = None):
         data: DataConfig = _typed(cfg.data, DataConfig)
         meta: MetaConfig = _typed(cfg.meta, MetaConfig)
         settings: SamplerConfig = _typed(getattr(cfg, "sampler", None), SamplerConfig)
@@ -154,7 +157,8 @@ class SamplerPool:
         budget = None if budget_row_ids is None else {str(f): np.asarray(v) for f, v in budget_row_ids.items()}
         plan_ref, counters_ref, peak_ref = ray.remote(_plan_task).options(
             **options, num_returns=3, max_retries=0
-        ).remote(secrets, data.path, storage, data, meta, settings, self.seed, scaler_state, labeler_state, budget)
+        ).remote(secrets, data.path, storage, data, meta, settings, self.seed, scaler_state, labeler_state, budget,
+                 layouts)
         plan: SamplerPlan = _get(plan_ref)
         self.plan_counters, self.plan_peak_rss = ray.get([counters_ref, peak_ref])
         self._plan_ref = plan_ref  # actors get the plan by reference (again on a restart); keep it alive
@@ -179,7 +183,7 @@ class SamplerPool:
         if labeler is None:
             labeler = ClassLabeler(len(setup.view.normal_families), cfg.model.pseudo_classes, cfg.seed)
             labeler.fit_transform(setup.scaler.transform(setup.view.normal_x), setup.view.normal_family_index)
-        return cls(cfg, setup.scaler, labeler, setup.view.budget_row_ids)
+        return cls(cfg, setup.scaler, labeler, setup.view.budget_row_ids, getattr(setup, "layouts", None))
 
     # -- episodes
 

@@ -78,6 +78,8 @@ class FamilyLayout:
     eligible: np.ndarray  # per unit: training rows
     first_position: np.ndarray  # per unit: position of its first training row
     training_ids: IdSet  # row ids of the family's training rows
+    # Row ids of its validation rows: the streaming setup samples them; actors never need them.
+    validation_ids: Optional[IdSet] = None
 
     @property
     def training_rows(self) -> int:

@@ -11,6 +11,7 @@ Both count, per family, what they touch (`COUNTERS`), so "zero reads of held-out
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import defaultdict
@@ -26,7 +27,7 @@ from metaad_dist.data.prepared import PreparedSource
 from metaad_dist.data.roles import FamilyRoles
 from metaad_dist.data.scaling import FeatureScaler
 from metaad_dist.data.storage import open_location, storage_errors
-from metaad_dist.data.views import budget_positions, check_meta_config, split_normal_positions
+from metaad_dist.data.views import budget_positions, check_meta_config, split_masks
 from metaad_dist.episodes.buffered import (
     FamilyLayout,
     IdSet,
@@ -71,6 +72,12 @@ class _Files:
         self.sizes = sizes  # the manifest's byte counts, checked when a shard is first opened
         self.footers: dict[int, pq.FileMetaData] = {}
         self.counters = new_counters()
+
+    @classmethod
+    def of(cls, source: PreparedSource, storage: StorageConfig) -> "_Files":
+        manifest = source.manifest
+        paths = [source.location.path(manifest["shard_root"], s["path"]) for s in manifest["shards"]]
+        return cls(source.uri, storage, paths, [int(s["bytes"]) for s in manifest["shards"]])
 
     def file(self, family: str, shard: int) -> pq.ParquetFile:
         footer = self.footers.get(shard)
@@ -153,26 +160,46 @@ def _units(source: PreparedSource, files: _Files, family: str) -> list[tuple[int
 
 def _normal_layout(source, files, family: str, index: int, offset: int, data: DataConfig, seed: int,
                    official: bool) -> FamilyLayout:
+    """The layout of a normal family, in memory bounded by bits per row (not the row ids).
+
+    Two passes over the row-id (and split) column, one row group at a time: the first counts
+    the pool rows of each unit (the footers' row counts when there is no official split) and the
+    id range; the second marks the training and validation ids in packed bit sets.
+    """
     units = _units(source, files, family)
-    ids_per_unit, pool_per_unit = [], []
-    for shard, rg, _ in units:
+    pool_counts, bounds = [], []
+    for shard, rg, rows in units:
+        pf = files.file(family, shard)
+        known = _row_group_range(pf, rg)
+        if official or known is None:
+            ids, split = files.read_ids(family, shard, rg, source.has_split)
+            pool_counts.append(int((split == "train").sum()) if official else len(ids))
+            bounds.append((int(ids.min()), int(ids.max())) if len(ids) else None)
+        else:
+            pool_counts.append(int(rows))
+            bounds.append(known if rows else None)
+    spans = [b for b in bounds if b is not None]
+    lo = min(b[0] for b in spans) if spans else 0
+    hi = max(b[1] for b in spans) if spans else -1
+    train_mask, val_mask = split_masks(int(sum(pool_counts)), family, data, seed, official)
+    train_bits = np.zeros(max(0, hi - lo + 1), dtype=bool)
+    val_bits = np.zeros_like(train_bits)
+    eligible = np.zeros(len(units), dtype=np.int64)
+    at, previous = 0, None
+    for u, (shard, rg, _) in enumerate(units):
         ids, split = files.read_ids(family, shard, rg, source.has_split)
-        ids_per_unit.append(ids)
-        pool_per_unit.append(split == "train" if official else None)
-    ids = np.concatenate(ids_per_unit) if ids_per_unit else np.zeros(0, dtype=np.int64)
-    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-        raise DataError(
-            f"{source.uri}: rows of family '{family}' are not in row-id order across its shards; re-run metaad prepare"
-        )
-    pool_ids = ids[np.concatenate(pool_per_unit)] if official and len(ids) else ids
-    train_pos = split_normal_positions(len(pool_ids), family, data, seed, official)[0]
-    train_ids = pool_ids[train_pos]
-    lo = int(ids[0]) if len(ids) else 0
-    hi = int(ids[-1]) if len(ids) else -1
-    firsts = np.array([u[0] if len(u) else 0 for u in ids_per_unit], dtype=np.int64)
-    lasts = np.array([u[-1] if len(u) else -1 for u in ids_per_unit], dtype=np.int64)
-    eligible = np.searchsorted(train_ids, lasts, side="right") - np.searchsorted(train_ids, firsts, side="left")
-    eligible = np.where([len(u) > 0 for u in ids_per_unit], eligible, 0).astype(np.int64)
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all() or (previous is not None and len(ids) and ids[0] <= previous):
+            raise DataError(
+                f"{source.uri}: rows of family '{family}' are not in row-id order across its shards; re-run metaad prepare"
+            )
+        previous = int(ids[-1]) if len(ids) else previous
+        pool_ids = ids[split == "train"] if official else ids
+        k = len(pool_ids)
+        is_train, is_val = train_mask[at:at + k], val_mask[at:at + k]
+        train_bits[pool_ids[is_train] - lo] = True
+        val_bits[pool_ids[is_val] - lo] = True
+        eligible[u] = int(is_train.sum())
+        at += k
     first_position = offset + np.concatenate([[0], np.cumsum(eligible)[:-1]]).astype(np.int64)
     return FamilyLayout(
         name=family,
@@ -182,7 +209,8 @@ def _normal_layout(source, files, family: str, index: int, offset: int, data: Da
         rows=np.array([u[2] for u in units], dtype=np.int64),
         eligible=eligible,
         first_position=first_position,
-        training_ids=IdSet.from_ids(train_ids, lo, hi),
+        training_ids=IdSet(lo, len(train_bits), np.packbits(train_bits)),
+        validation_ids=IdSet(lo, len(val_bits), np.packbits(val_bits)),
     )
 
 
@@ -240,6 +268,19 @@ def _budget_pool(source, files, family: str, given: Optional[np.ndarray], budget
     return scaler.transform(x[order]), ids[order]
 
 
+def normal_layouts(source: PreparedSource, files: "_Files", roles: FamilyRoles, data: DataConfig,
+                   seed: int) -> list[FamilyLayout]:
+    """Where the training (and validation) rows of every normal family lie, in data.normal order."""
+    layouts, offset = [], 0
+    for i, family in enumerate(roles.normal):
+        # As views.has_test_rows: a normal family with official test rows trains on its train rows.
+        official = source.has_split and int(source.manifest["families"][family].get("test_rows", 0)) > 0
+        layout = _normal_layout(source, files, family, i, offset, data, seed, official)
+        layouts.append(layout)
+        offset += layout.training_rows
+    return layouts
+
+
 def _fingerprint(parts: dict[str, Any]) -> str:
     def plain(v):
         if hasattr(v, "numpy"):
@@ -265,16 +306,18 @@ def build_plan(
     scaler_state: dict,
     labeler_state: dict,
     budget_row_ids: Optional[dict[str, np.ndarray]] = None,
+    layouts: Optional[list[FamilyLayout]] = None,
 ) -> tuple[SamplerPlan, dict]:
-    """The plan of a sampler pool and the counters of what building it read."""
+    """The plan of a sampler pool and the counters of what building it read.
+
+    `layouts` (normal_layouts) saves reading the row ids again when the caller has them."""
     check_meta_config(meta)
     _check_sampler(sampler)
     source = PreparedSource(path, storage)
     roles = FamilyRoles.from_config(data, source.family_names())
     manifest = source.manifest
-    paths = [source.location.path(manifest["shard_root"], s["path"]) for s in manifest["shards"]]
-    sizes = [int(s["bytes"]) for s in manifest["shards"]]
-    files = _Files(source.uri, storage, paths, sizes)
+    files = _Files.of(source, storage)
+    paths, sizes = files.paths, files.sizes
     scaler = FeatureScaler.from_state_dict(scaler_state)
     labeler = ClassLabeler.from_state_dict(labeler_state)
     if labeler.num_normal_families != len(roles.normal):
@@ -282,13 +325,10 @@ def build_plan(
             f"data.normal has {len(roles.normal)} families but the labeler was fitted for "
             f"{labeler.num_normal_families}; pass the run's ClassLabeler"
         )
-    layouts, offset = [], 0
-    for i, family in enumerate(roles.normal):
-        # As views.has_test_rows: a normal family with official test rows trains on its train rows.
-        official = source.has_split and int(manifest["families"][family].get("test_rows", 0)) > 0
-        layout = _normal_layout(source, files, family, i, offset, data, seed, official)
-        layouts.append(layout)
-        offset += layout.training_rows
+    if layouts is None:
+        layouts = normal_layouts(source, files, roles, data, seed)
+    # Actors filter streamed rows by their training ids alone: leave the validation ids behind.
+    layouts = [dataclasses.replace(layout, validation_ids=None) for layout in layouts]
     budget_x, budget_ids = {}, {}
     given = budget_row_ids or {}
     unknown = sorted(set(given) - set(roles.meta))

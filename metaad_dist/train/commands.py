@@ -46,6 +46,7 @@ def save_trained_run(
         "final": history[-1],
         "threshold": threshold,
         "history": history,
+        "data": setup.summary,  # which path the run took (memory or streaming) and what setup read
         **(extra_metrics or {}),
     }
     # roles, budget pools and, for prepared datasets, the encoder `metaad score` applies to raw rows

@@ -52,6 +52,8 @@ def train_local(
     `on_validation(metrics)` is called after each validation (Ray Tune reports from it).
     """
     setup = setup or prepare_training(cfg)
+    if not cfg.quiet:
+        log(setup.describe())
     start = time.perf_counter()
     model, history = fit_network(cfg, setup, outer, log, on_validation)
     # The fusion choice re-enacts the method's own training; the inner-only ablation has none.

@@ -47,10 +47,10 @@ from metaad_dist.train.checkpoint import checkpoint_dir_name, checkpoint_uri, lo
 from metaad_dist.train.commands import run_location, run_name, save_trained_run
 from metaad_dist.train.fusion import finish_training
 from metaad_dist.train.local import fit_network_only, validation_auroc
-from metaad_dist.train.setup import configure_torch, prepare_training
+from metaad_dist.data.source import open_source
+from metaad_dist.train.setup import check_sampler_setting, configure_torch, prepare_training
 
 BACKENDS = ("auto", "gloo", "nccl")
-SAMPLERS = ("memory", "actors")
 FAULT_ENV = "METAAD_FAULT_AFTER_EPISODES"
 # Ray Train's controller collects reports when it polls the workers; at its default 2 s interval
 # a worker reporting more often blocks until the next poll (the result queue holds one report).
@@ -68,18 +68,39 @@ class EpisodeSource(Protocol):
     def episode(self, index: int) -> Episode: ...
 
 
-def open_episode_source(cfg, setup, num_workers: int) -> EpisodeSource:
-    """trainer.sampler: `memory` (EpisodeSampler in this worker) or `actors` (a SamplerPool)."""
-    if cfg.trainer.sampler == "memory":
+def open_episode_source(setup, num_workers: int, pool=None) -> EpisodeSource:
+    """The in-memory EpisodeSampler of this worker's setup, or the job's shared SamplerPool.
+
+    The pool's actors were started once by the driver (`shared_streaming_setup`); every worker
+    asks them for its own episodes (actor `index % num_actors` builds episode `index`), so reads
+    and buffers do not grow with the number of workers.
+    """
+    if pool is None:
         # A pure function of (seed, index): its whole state is the episode counter.
         return setup.sampler
-    from metaad_dist.episodes.actors import SamplerPool
-
-    # Each worker's pool streams a prepared dataset (sampler.* settings); its episodes equal the
-    # in-memory sampler's when every normal family fits sampler.buffer_rows.
-    pool = SamplerPool.from_training_setup(cfg, setup)
     pool.expect_stride(num_workers)  # this worker takes every num_workers-th episode
     return pool
+
+
+def shared_streaming_setup(cfg):
+    """(setup, pool) built once by the driver when the run streams (train/setup.py choose_path),
+    else (None, None): then each worker builds its in-memory setup itself."""
+    from metaad_dist.data.roles import FamilyRoles
+    from metaad_dist.data.source import open_source
+    from metaad_dist.episodes.actors import SamplerPool
+    from metaad_dist.train.setup import build_setup, choose_path
+
+    source = open_source(cfg.data, cfg.storage)
+    roles = FamilyRoles.from_config(cfg.data, source.family_names())
+    if choose_path(cfg, source, roles) != "streaming":
+        return None, None
+    started = time.perf_counter()
+    setup = build_setup(cfg, source, roles)
+    if not cfg.quiet:
+        print(setup.describe(), file=sys.stderr, flush=True)
+    pool = SamplerPool.from_training_setup(cfg, setup)
+    setup.summary["driver_setup_seconds"] = time.perf_counter() - started  # setup and the pool's plan
+    return setup, pool
 
 
 # --------------------------------------------------------------------------- collectives
@@ -194,6 +215,7 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    entered = time.perf_counter()
     config["aws"].install()  # the driver's keys, kept out of the logged runtime env
     cfg = worker_config(config["cfg"])
     t = cfg.trainer
@@ -202,13 +224,15 @@ def train_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     configure_torch(t)  # torch threads per worker
     device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
-    setup = prepare_training(cfg)
+    shared, pool = config.get("setup"), config.get("pool")
+    # Streaming: the driver's bounded setup, with this worker's own handle on the dataset.
+    setup = shared.with_source(open_source(cfg.data, cfg.storage)) if shared is not None else prepare_training(cfg)
     averager = GradientAverager()
     learner = MetaLearner(
         setup.build_model(cfg.seed), cfg.meta, device, averager if world > 1 else None,
         seed=cfg.seed, stat_sync=mean_over_workers_tensor if world > 1 else None,
     )
-    source = open_episode_source(cfg, setup, world)
+    source = open_episode_source(setup, world, pool)
     steps = total_steps(cfg.meta.episodes, world)
 
     step, history, seconds_before = 0, [], 0.0
@@ -281,11 +305,10 @@ def train_worker(config: dict) -> None:
         )
         totals["report_s"] += time.perf_counter() - reporting
         window = Window(averager.seconds)
-    prefetch.shutdown()
-    if source is not setup.sampler and hasattr(source, "shutdown"):
-        source.shutdown()
+    prefetch.shutdown()  # the shared pool's actors belong to the driver, which stops them
 
-    totals.update(loop_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start, allreduce_s=averager.seconds)
+    totals.update(loop_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start, allreduce_s=averager.seconds,
+                  setup_s=start - entered)
     if world > 1:
         totals = mean_over_workers(totals, device)
     if rank == 0:
@@ -328,6 +351,7 @@ def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> 
             "episodes_trained": steps * world,
             "resumed_at_episode": first_step * world,
             "loop_seconds": loop,
+            "worker_setup_seconds": totals.get("setup_s"),  # entering the loop function to the first episode
             # CPU time of the worker processes (all their threads) per episode: insensitive to other load.
             "cpu_ms_per_episode": 1000 * totals["cpu_s"] * world / trained if trained else None,
             "loop_episodes_per_s": trained / loop if trained else None,
@@ -423,8 +447,7 @@ def check_settings(cfg) -> None:
         raise ConfigError(f"trainer.backend='{t.backend}'; expected one of {list(BACKENDS)}")
     if t.backend == "nccl" and not t.use_gpu:
         raise ConfigError("trainer.backend='nccl' needs trainer.use_gpu=true; use gloo (or auto) on CPU")
-    if t.sampler not in SAMPLERS:
-        raise ConfigError(f"trainer.sampler='{t.sampler}'; expected one of {list(SAMPLERS)}")
+    check_sampler_setting(cfg)
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"trainer.device='{t.device}'; with trainer=ray use auto, cpu or cuda (Ray assigns each worker its GPU)")
     if t.device == "cuda" and not t.use_gpu:
@@ -562,10 +585,12 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
         storage_path, filesystem = ray_storage(location)
         os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_DEFAULT_S)
         t = cfg.trainer
+        setup, pool = shared_streaming_setup(cfg)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
                 "cfg": OmegaConf.to_container(cfg, resolve=True), "fault": fault, "aws": AwsSecrets.from_environ(),
+                "setup": setup.for_workers() if setup is not None else None, "pool": pool,
             },
             torch_config=TorchConfig(backend=backend(cfg)),
             scaling_config=ScalingConfig(
@@ -587,6 +612,9 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
             trainer.fit()
         except TrainingFailedError as exc:
             raise failure_error(exc, run_name(cfg)) from None
+        finally:
+            if pool is not None:
+                pool.shutdown()
     finally:
         if started:
             ray.shutdown()

@@ -1,7 +1,8 @@
 """Everything built before the episode loop, shared by the local loop and Ray Train workers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -134,19 +135,49 @@ def memory_rows(cfg: ModelConfig, normal_x: np.ndarray, val_normal_x: np.ndarray
     return subset(normal_x, cfg.memory_rows), subset(val_normal_x, cfg.memory_calibration_rows)
 
 
+# How a run holds its data (setup.path): `memory` reads every training normal row into this
+# process (the built-in dataset, small tables: fast and exact); `streaming` reads a bounded fit
+# sample and streams episodes from the shards (episodes/stream.py, sampler actors).
+PATHS = ("memory", "streaming")
+SAMPLERS = ("auto", "memory", "stream", "actors")
+
+
 @dataclass
 class TrainingSetup:
     source: DatasetSource  # exposes per-family read counters when it is a prepared dataset
     roles: FamilyRoles
-    view: TrainingView  # raw features, as read
-    scaler: FeatureScaler  # fitted on training normal rows only
-    sampler: EpisodeSampler  # over scaled features
+    view: TrainingView  # raw features, as read (streaming: the fit sample's rows)
+    scaler: FeatureScaler  # fitted on training normal rows only (streaming: the fit sample's)
+    sampler: object  # episode(index): EpisodeSampler (memory) or StreamingEpisodeSampler, scaled features
     model_args: dict
     val_normal_x: np.ndarray  # scaled
     validation_x: dict[str, np.ndarray]  # scaled
     memory_x: np.ndarray  # scaled training normal rows the model's normal memory keeps
     calibration_x: np.ndarray  # scaled validation normal rows that calibrate the score fusion
     labeler: Optional[ClassLabeler] = None  # fitted: the sampler actors reuse it instead of refitting k-means
+    path: str = "memory"  # PATHS
+    layouts: Optional[list] = None  # streaming: where each normal family's rows lie (episodes/buffered.py)
+    summary: dict = field(default_factory=dict)  # what the setup read, for the log and metrics.json
+
+    def describe(self) -> str:
+        """One log line: which path the run takes and what it holds."""
+        s = self.summary
+        if self.path == "memory":
+            return f"[data] in memory: {s['training_rows']} training normal rows held in this process"
+        kind = "every row (the data fits data.fit_sample_rows)" if s["complete"] else f"{s['sample_rows']} sampled"
+        return (f"[data] streaming: {s['training_rows']} training normal rows, statistics fitted on {kind}; "
+                f"{s['rows_read']} rows decoded by setup; episodes streamed from the shards")
+
+    def for_workers(self) -> "TrainingSetup":
+        """A copy to ship to Ray Train workers: no open files or sampler (workers get the shared
+        sampler pool and reopen the source with `with_source`)."""
+        none = self.view.normal_x[:0]
+        view = dataclasses.replace(self.view, normal_x=none, normal_family_index=self.view.normal_family_index[:0],
+                                   val_normal_x=none)  # the raw fit sample: fitted already, not needed there
+        return dataclasses.replace(self, source=None, sampler=None, view=view)
+
+    def with_source(self, source: DatasetSource) -> "TrainingSetup":
+        return dataclasses.replace(self, source=source)
 
     def run_metadata(self) -> dict:
         """What a saved run records about its data: roles, the budget pool, and the encoder."""
@@ -183,8 +214,42 @@ def prepare_training(cfg: Config) -> TrainingSetup:
     return build_setup(cfg, source, FamilyRoles.from_config(cfg.data, source.family_names()))
 
 
+def check_sampler_setting(cfg: Config) -> None:
+    if cfg.trainer.sampler not in SAMPLERS:
+        raise ConfigError(f"trainer.sampler='{cfg.trainer.sampler}'; expected one of {list(SAMPLERS)}")
+    if cfg.data.fit_sample_rows < 1:
+        raise ConfigError(f"data.fit_sample_rows={cfg.data.fit_sample_rows}; expected a positive integer")
+
+
+def choose_path(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> str:
+    """`memory` or `streaming` (PATHS), from trainer.sampler and, for `auto`, the manifest's row
+    counts: streaming once the normal families hold more rows than data.fit_sample_rows."""
+    check_sampler_setting(cfg)
+    kind = cfg.trainer.sampler
+    prepared = hasattr(source, "manifest")
+    if kind == "actors" and cfg.trainer.name != "ray":
+        raise ConfigError("trainer.sampler=actors needs trainer=ray; trainer=local streams in this process with "
+                          "trainer.sampler=stream (or auto)")
+    if kind == "stream" and cfg.trainer.name == "ray":
+        raise ConfigError("trainer.sampler=stream is trainer=local's in-process sampler; with trainer=ray use "
+                          "actors (or auto): one pool of sampler actors shared by every worker")
+    if kind in ("stream", "actors") and not prepared:
+        raise ConfigError(
+            f"trainer.sampler={kind} streams a prepared dataset but data.path={cfg.data.path}; run "
+            "`metaad prepare data=<dataset> output=<folder>` and set data.path to it"
+        )
+    if kind == "memory" or not prepared:
+        return "memory"
+    if kind == "auto":
+        rows = sum(source.family_rows(f) for f in roles.normal)
+        return "streaming" if rows > cfg.data.fit_sample_rows else "memory"
+    return "streaming"
+
+
 def build_setup(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> TrainingSetup:
     check_model_config(cfg.model)
+    if choose_path(cfg, source, roles) == "streaming":
+        return build_streaming_setup(cfg, source, roles)
     view = build_training_view(source, roles, cfg.data, cfg.meta, cfg.seed)
     scaler = FeatureScaler(cfg.data.scaler, cfg.seed).fit(view.normal_x)
     normal_x = scaler.transform(view.normal_x)
@@ -194,6 +259,66 @@ def build_setup(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> Train
     sampler = EpisodeSampler(
         normal_x, labels, view.normal_family_index, len(view.normal_families), budget, cfg.meta, cfg.seed
     )
+    summary = {"path": "memory", "training_rows": len(normal_x)}
+    return _assemble(cfg, source, roles, view, scaler, labeler, normal_x, sampler, "memory", None, summary)
+
+
+def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSetup:
+    """The setup of a prepared dataset without holding its normal families: layouts from the
+    row-id column (bits per row), statistics from a bounded fit sample, budget and validation
+    rows fetched by id, episodes streamed (episodes/stream.py)."""
+    from metaad_dist.data.views import check_meta_config
+    from metaad_dist.episodes.shards import _budget_pool, _check_candidates, _check_sampler, _Files, normal_layouts
+    from metaad_dist.episodes.buffered import assign_units
+    from metaad_dist.episodes.stream import StreamingEpisodeSampler, read_fit_sample, read_validation_family
+
+    check_meta_config(cfg.meta)
+    _check_sampler(cfg.sampler)
+    files = _Files.of(source, cfg.storage)
+    layouts = normal_layouts(source, files, roles, cfg.data, cfg.seed)
+    training_rows = sum(layout.training_rows for layout in layouts)
+    need = cfg.meta.n_support + cfg.meta.n_query
+    if training_rows < need:
+        raise ConfigError(
+            f"meta.n_support + meta.n_query = {need} exceeds the {training_rows} training normal rows; lower them"
+        )
+    # Before any feature is read: can the buffers of every actor serve an episode?
+    owned = [assign_units(layout, cfg.sampler.num_actors, cfg.sampler.buffer_rows, cfg.seed) for layout in layouts]
+    _check_candidates(layouts, [[o[a] for o in owned] for a in range(cfg.sampler.num_actors)], cfg.meta, cfg.sampler)
+    sample = read_fit_sample(files, layouts, source.feature_names, cfg.data.fit_sample_rows, cfg.seed)
+    scaler = FeatureScaler(cfg.data.scaler, cfg.seed).fit(sample.train_x)
+    normal_x = scaler.transform(sample.train_x)
+    labeler = ClassLabeler(len(roles.normal), cfg.model.pseudo_classes, cfg.seed)
+    labeler.fit_transform(normal_x, sample.family_index)
+    raw = FeatureScaler("none")
+    budget = {f: _budget_pool(source, files, f, None, cfg.meta.budget, cfg.seed, raw) for f in roles.meta}
+    for family, (_, ids) in budget.items():
+        if len(ids) == 0:
+            raise ConfigError(f"data.meta: family '{family}' has no training rows to draw shots from")
+    validation = {}
+    for family in roles.validation:
+        validation[family] = read_validation_family(files, source, family, cfg.data.max_validation_rows, cfg.seed)
+        if len(validation[family]) == 0:
+            raise ConfigError(f"data.validation: family '{family}' has no training rows to validate on")
+    view = TrainingView(
+        feature_names=list(source.feature_names),
+        normal_families=list(roles.normal),
+        normal_x=sample.train_x,
+        normal_family_index=sample.family_index,
+        val_normal_x=sample.val_x,
+        budget_x={f: x for f, (x, _) in budget.items()},
+        budget_row_ids={f: ids for f, (_, ids) in budget.items()},
+        validation_x=validation,
+    )
+    sampler = StreamingEpisodeSampler(cfg, scaler, labeler, view.budget_row_ids, layouts)
+    summary = {"path": "streaming", "training_rows": training_rows, "sample_rows": len(normal_x),
+               "validation_normal_rows": len(sample.val_x), "complete": sample.complete,
+               "rows_read": sample.rows_read, "fit_sample_rows": cfg.data.fit_sample_rows,
+               "read_by_family": {f: dict(c) for f, c in files.counters.items()}}
+    return _assemble(cfg, source, roles, view, scaler, labeler, normal_x, sampler, "streaming", layouts, summary)
+
+
+def _assemble(cfg, source, roles, view, scaler, labeler, normal_x, sampler, path, layouts, summary) -> TrainingSetup:
     val_normal_x = scaler.transform(view.val_normal_x)
     memory_x, calibration_x = memory_rows(cfg.model, normal_x, val_normal_x, cfg.seed)
     return TrainingSetup(
@@ -208,5 +333,7 @@ def build_setup(cfg: Config, source: DatasetSource, roles: FamilyRoles) -> Train
         memory_x=memory_x,
         calibration_x=calibration_x,
         labeler=labeler,
+        path=path,
+        layouts=layouts,
+        summary=summary,
     )
-
