@@ -195,7 +195,12 @@ def main() -> int:
                     [sys.executable, __file__, "--child", "--uri", uri, "--label", f"{label}-{round_}",
                      "--runs", str(work / "runs"), "--endpoint", server.endpoint_url, "--episodes", str(args.episodes),
                      "--cpus", str(args.cpus)],
-                    env=env, check=True, capture_output=True, text=True)
+                    env=env, capture_output=True, text=True)
+                if run.returncode != 0:  # one failed run is reported, the others still count
+                    tail = run.stderr.strip().splitlines()[-15:]
+                    print(f"[scale] {label} round {round_} failed (rc {run.returncode}):\n  " + "\n  ".join(tail), flush=True)
+                    results.setdefault("failed_runs", []).append({"label": label, "round": round_, "stderr_tail": tail})
+                    continue
                 measured = json.loads(run.stdout.strip().splitlines()[-1])
                 measured.update(rows=rows, dataset=info, feature_bytes=rows * args.features * 4, round=round_)
                 results.setdefault("all_runs", []).append(measured)
@@ -203,7 +208,9 @@ def main() -> int:
                 if best is None or measured["episodes_per_s"] > best["episodes_per_s"]:
                     results["runs"][label] = measured
                 peaks = measured["peak_rss_by_role"]
-                print(f"[scale] {label} round {round_}: setup {measured['setup_s']:.1f}s, "
+                print(f"[scale] {label} round {round_}: setup {measured['setup_s']:.1f}s "
+                      f"(driver {measured['driver_setup_s']:.1f}s: {measured['data']['phase_seconds']}, "
+                      f"workers {measured['worker_setup_s']:.1f}s), "
                       f"{measured['episodes_per_s']:.1f} episodes/s, peak RSS "
                       + ", ".join(f"{r} {max(v) / 2**20:.0f} MiB" for r, v in peaks.items()), flush=True)
     finally:

@@ -167,10 +167,11 @@ def _normal_layout(source, files, family: str, index: int, offset: int, data: Da
     id range; the second marks the training and validation ids in packed bit sets.
     """
     units = _units(source, files, family)
-    pool_counts, bounds = [], []
+    pool_counts, bounds, footers = [], [], {}
     for shard, rg, rows in units:
-        pf = files.file(family, shard)
-        known = _row_group_range(pf, rg)
+        if shard not in footers:  # one open per shard: the row-id statistics are in its footer
+            footers[shard] = files.file(family, shard)
+        known = _row_group_range(footers[shard], rg)
         if official or known is None:
             ids, split = files.read_ids(family, shard, rg, source.has_split)
             pool_counts.append(int((split == "train").sum()) if official else len(ids))

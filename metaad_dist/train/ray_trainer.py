@@ -98,7 +98,9 @@ def shared_streaming_setup(cfg):
     setup = build_setup(cfg, source, roles)
     if not cfg.quiet:
         print(setup.describe(), file=sys.stderr, flush=True)
+    planned = time.perf_counter()
     pool = SamplerPool.from_training_setup(cfg, setup)
+    setup.summary["phase_seconds"]["sampler_pool"] = round(time.perf_counter() - planned, 3)
     setup.summary["driver_setup_seconds"] = time.perf_counter() - started  # setup and the pool's plan
     return setup, pool
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -274,8 +275,10 @@ def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSe
 
     check_meta_config(cfg.meta)
     _check_sampler(cfg.sampler)
+    clock = _PhaseClock()
     files = _Files.of(source, cfg.storage)
     layouts = normal_layouts(source, files, roles, cfg.data, cfg.seed)
+    clock.lap("layouts")
     training_rows = sum(layout.training_rows for layout in layouts)
     need = cfg.meta.n_support + cfg.meta.n_query
     if training_rows < need:
@@ -286,10 +289,12 @@ def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSe
     owned = [assign_units(layout, cfg.sampler.num_actors, cfg.sampler.buffer_rows, cfg.seed) for layout in layouts]
     _check_candidates(layouts, [[o[a] for o in owned] for a in range(cfg.sampler.num_actors)], cfg.meta, cfg.sampler)
     sample = read_fit_sample(files, layouts, source.feature_names, cfg.data.fit_sample_rows, cfg.seed)
+    clock.lap("fit_sample_read")
     scaler = FeatureScaler(cfg.data.scaler, cfg.seed).fit(sample.train_x)
     normal_x = scaler.transform(sample.train_x)
     labeler = ClassLabeler(len(roles.normal), cfg.model.pseudo_classes, cfg.seed)
     labeler.fit_transform(normal_x, sample.family_index)
+    clock.lap("scaler_and_pseudo_classes")
     raw = FeatureScaler("none")
     budget = {f: _budget_pool(source, files, f, None, cfg.meta.budget, cfg.seed, raw) for f in roles.meta}
     for family, (_, ids) in budget.items():
@@ -300,6 +305,7 @@ def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSe
         validation[family] = read_validation_family(files, source, family, cfg.data.max_validation_rows, cfg.seed)
         if len(validation[family]) == 0:
             raise ConfigError(f"data.validation: family '{family}' has no training rows to validate on")
+    clock.lap("budget_and_validation_rows")
     view = TrainingView(
         feature_names=list(source.feature_names),
         normal_families=list(roles.normal),
@@ -314,8 +320,21 @@ def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSe
     summary = {"path": "streaming", "training_rows": training_rows, "sample_rows": len(normal_x),
                "validation_normal_rows": len(sample.val_x), "complete": sample.complete,
                "rows_read": sample.rows_read, "fit_sample_rows": cfg.data.fit_sample_rows,
-               "read_by_family": {f: dict(c) for f, c in files.counters.items()}}
+               "read_by_family": {f: dict(c) for f, c in files.counters.items()}, "phase_seconds": clock.phases}
     return _assemble(cfg, source, roles, view, scaler, labeler, normal_x, sampler, "streaming", layouts, summary)
+
+
+class _PhaseClock:
+    """Seconds per setup phase, for metrics.json (where a large dataset's setup time goes)."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _assemble(cfg, source, roles, view, scaler, labeler, normal_x, sampler, path, layouts, summary) -> TrainingSetup:
