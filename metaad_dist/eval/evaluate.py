@@ -21,6 +21,7 @@ from metaad_dist.eval import plots
 from metaad_dist.eval.baselines import fit_baseline
 from metaad_dist.eval.metrics import family_metrics
 from metaad_dist.eval.report import markdown_report, results_table
+from metaad_dist.train.api import fit
 from metaad_dist.train.artifacts import load_run, load_run_config, score_scaled_rows
 from metaad_dist.train.commands import run_location
 from metaad_dist.train.setup import prepare_training, resolve_device
@@ -46,12 +47,10 @@ def _model_scorer(model, score: str, device: torch.device):
 
 def _budget_point(run_cfg, budget: int, normal_x, held_out_x) -> float:
     """Held-out AUROC of the method retrained at `budget` on the same split and seed."""
-    from metaad_dist.train.local import train_local
-
     cfg = run_cfg.copy()
     cfg.meta.budget = budget
     cfg.meta.k_shot = min(cfg.meta.k_shot, budget)
-    result = train_local(cfg)
+    result = fit(cfg)
     scorer = _model_scorer(result.trained.model, cfg.model.score, resolve_device(cfg.trainer.device))
     scale = result.setup.scaler.transform
     return family_metrics(scorer(scale(normal_x)), {f: scorer(scale(x)) for f, x in held_out_x.items()})["overall"]["auroc"]

@@ -20,8 +20,7 @@ import tempfile
 
 import torch
 
-from metaad_dist.data.storage import first_line
-from metaad_dist.errors import UserError
+from metaad_dist.errors import UserError, first_line
 
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
