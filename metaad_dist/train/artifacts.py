@@ -16,6 +16,7 @@ from metaad_dist.data.scaling import FeatureScaler
 from metaad_dist.data.storage import Location
 from metaad_dist.errors import UserError, first_line, one_line
 from metaad_dist.model.networks import MetaADModel
+from metaad_dist.train.checkpoint import load_tensors
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
@@ -73,7 +74,7 @@ def load_run(location: Location) -> tuple[TrainedModel, dict]:
     if not location.exists(MODEL_FILE):
         raise UserError(f"{location.uri}: no trained run here (missing {MODEL_FILE}); run `metaad train` first")
     try:
-        payload = torch.load(io.BytesIO(location.read_bytes(MODEL_FILE)), weights_only=True, map_location="cpu")
+        payload = load_tensors(location.read_bytes(MODEL_FILE))
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise UserError(f"{where}: not a readable metaad checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in RUN_KEYS):
