@@ -18,9 +18,9 @@ def _metrics(method: float, ablation: float, se: float) -> dict:
 
 
 @pytest.mark.parametrize("method, ablation, verdict", [
-    (0.966, 0.968, "(-0.002 ±0.010 at 95%: no significant difference, so this run does not show the outer loop helping)"),
-    (0.990, 0.968, "(+0.022 ±0.010 at 95%: the outer loop helps on this run)"),
-    (0.940, 0.968, "(-0.028 ±0.010 at 95%: the outer loop hurts on this run)"),
+    (0.966, 0.968, "(-0.002 ±0.010 at 95%: no significant difference, so this run does not show the method beating its inner loop alone)"),
+    (0.990, 0.968, "(+0.022 ±0.010 at 95%: the method beats its inner loop alone on this run)"),
+    (0.940, 0.968, "(-0.028 ±0.010 at 95%: the method trails its inner loop alone on this run)"),
 ])
 def test_summary_says_what_was_trained_and_what_the_difference_means(method, ablation, verdict):
     line = summary_line(_metrics(method, ablation, 0.010 / 1.96), METHOD)

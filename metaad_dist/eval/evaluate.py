@@ -60,7 +60,7 @@ def _budget_point(run_cfg, budget: int, normal_x, held_out_x) -> float:
 def versus_ablation(scores: dict[str, tuple[np.ndarray, dict]]) -> dict | None:
     """The method's held-out AUROC minus its inner-loop-only ablation's, with the standard error
     of that paired difference (DeLong: both rank the same held-out rows above the same normal
-    rows), so that a report can say whether this run shows the outer loop helping at all."""
+    rows), so a report can say whether this run shows the method beating its inner loop alone."""
     if ABLATION not in scores:
         return None
     (normal_m, held_m), (normal_a, held_a) = scores[METHOD], scores[ABLATION]

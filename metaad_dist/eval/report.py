@@ -53,8 +53,9 @@ def markdown_report(metrics: dict) -> str:
 
 def summary_line(metrics: dict, method: str) -> str:
     """One line: what was trained, on which families, and the held-out AUROC of the method beside
-    each baseline; against its inner-loop-only ablation, whether the paired difference is
-    outside its 95% interval, so the line never claims a gain the run does not show."""
+    each baseline; against its inner-loop-only ablation (no outer loop, no normal memory),
+    whether the paired difference is outside its 95% interval, so the line never claims a gain
+    the run does not show."""
     trained = metrics["trained"]
     parts = []
     for name, per_family in metrics["held_out"].items():
@@ -65,9 +66,9 @@ def summary_line(metrics: dict, method: str) -> str:
             continue
         difference, half_width = versus["auroc_difference"], 1.96 * versus["standard_error"]
         verdict = (
-            "the outer loop helps on this run" if difference > half_width
-            else "the outer loop hurts on this run" if difference < -half_width
-            else "no significant difference, so this run does not show the outer loop helping"
+            "the method beats its inner loop alone on this run" if difference > half_width
+            else "the method trails its inner loop alone on this run" if difference < -half_width
+            else "no significant difference, so this run does not show the method beating its inner loop alone"
         )
         parts.append(f"inner-loop-only ablation {auroc:.3f} ({difference:+.3f} ±{half_width:.3f} at 95%: {verdict})")
     ordered = sorted(parts, key=lambda p: not p.startswith(f"{method} "))  # the method first
