@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-from metaad_dist.errors import ConfigError, UserError
-
-PROG = "metaad"
+from metaad_dist.errors import PROG, ConfigError, UserError, first_line, one_line
 
 
 def config_dir() -> Path:
@@ -32,7 +30,7 @@ def _cmd_prepare(cfg) -> None:
 
 
 def _cmd_train(cfg) -> None:
-    from metaad_dist.train.commands import train_command
+    from metaad_dist.train.launch import train_command
 
     train_command(cfg)
 
@@ -88,25 +86,6 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def _one_line(exc: BaseException) -> str:
-    """Hydra/OmegaConf errors span lines; name the key and what was expected on one."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
-
-    chain, cur = [], exc
-    while cur is not None:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    for err in chain:
-        if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
-            return f"unknown config key '{err.full_key}'; run `{PROG} --help` and `{PROG} <command> --cfg` for valid keys"
-        if isinstance(err, ValidationError) and getattr(err, "full_key", None):
-            return f"config key '{err.full_key}': {str(err.msg).splitlines()[0]}"
-        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
-            return f"config key '{err.full_key}': {str(getattr(err, 'msg', err)).splitlines()[0]}"
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "").strip()
-
-
 def compose_config(overrides: list[str], config_file: str | None = None):
     """The config tree with overrides; with `config_file`, that file replaces the defaults and
     the overrides (key=value only) apply on top of it."""
@@ -126,7 +105,7 @@ def compose_config(overrides: list[str], config_file: str | None = None):
     except UserError:
         raise
     except Exception as exc:  # Hydra/OmegaConf parse and composition errors are user mistakes
-        raise UserError(_one_line(exc)) from None
+        raise UserError(one_line(exc)) from None
 
 
 def _check_override_kinds(overrides: list[str]) -> None:
@@ -137,7 +116,7 @@ def _check_override_kinds(overrides: list[str]) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as exc:  # noqa: BLE001 - Hydra's parse errors span lines
-        raise UserError(_one_line(exc)) from None
+        raise UserError(one_line(exc)) from None
     groups = set(_config_groups())
     for override in parsed:
         if override.key_or_group in groups:
@@ -158,16 +137,17 @@ def _merge_file(cfg, config_file: str):
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:  # noqa: BLE001 - YAML syntax errors of a user file
-        raise UserError(f"--config {config_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"--config {config_file}: not valid YAML ({first_line(exc)})") from None
     try:
         return OmegaConf.merge(cfg, loaded)  # struct schema: unknown keys are rejected
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--config {config_file}: {_one_line(exc)}") from None
+        raise UserError(f"--config {config_file}: {one_line(exc)}") from None
 
 
 def _apply_overrides(cfg, overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+
+    from metaad_dist.config import apply_overrides
 
     groups = set(_config_groups())
     for override in OverridesParser.create().parse_overrides(overrides):
@@ -177,19 +157,7 @@ def _apply_overrides(cfg, overrides: list[str]):
                 f"'{key}' is a config group, not a key; only key=value settings apply on top of a whole "
                 "config (with --config, choose the group inside the file)"
             )
-        OmegaConf.update(cfg, key, override.value(), merge=False)
-    return cfg
-
-
-def apply_overrides(cfg, overrides: Sequence[str]):
-    """key=value overrides on a composed config, parsed as on the command line (lists, numbers,
-    quoting); a mistake is one ConfigError line naming the key."""
-    try:
-        return _apply_overrides(cfg, list(overrides))
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Hydra parse and OmegaConf validation errors
-        raise ConfigError(_one_line(exc)) from None
+    return apply_overrides(cfg, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

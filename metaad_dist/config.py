@@ -7,10 +7,12 @@ OmegaConf's struct mode rejects unknown keys and ill-typed values before any wor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from metaad_dist.errors import ConfigError, one_line
 
 
 @dataclass
@@ -310,3 +312,18 @@ SCHEMA_NAME = "metaad_schema"
 def register_configs() -> None:
     """Register the schema once so `configs/config.yaml` can build on it."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+
+
+def apply_overrides(cfg, overrides: Sequence[str]):
+    """key=value overrides on a config, parsed as on the command line (lists, numbers, quoting);
+    a mistake is one ConfigError line naming the key. Here, not in the CLI, because the in-memory
+    estimator takes the same overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False)
+    except Exception as exc:  # noqa: BLE001 - Hydra parse and OmegaConf validation errors
+        raise ConfigError(one_line(exc)) from None
+    return cfg

@@ -100,6 +100,8 @@ def test_evaluate_prints_table_and_writes_report(trained_run, capsys):
     assert main(["evaluate", *args, "eval.baselines=[isolation_forest]", "eval.budget_curve=[3]"]) == 0
     out = capsys.readouterr().out
     assert "metaad" in out and "isolation_forest" in out and "FPR@95" in out
+    summary = out.strip().splitlines()[-1]  # the one line that says what was trained and how it compares
+    assert summary.startswith("summary: metaad trained") and "held-out AUROC on unseen 8, 9: metaad " in summary
     report = root / "quick" / "report"
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["held_out"]) == {"metaad", "isolation_forest"}

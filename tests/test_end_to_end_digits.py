@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from metaad_dist.eval.evaluate import evaluate_run
-from metaad_dist.train.commands import train_command
+from metaad_dist.train.launch import train_command
 
 SEEDS = (0, 1, 2)
 AUROC_FLOOR = 0.85

@@ -119,7 +119,7 @@ def test_delong_the_network_must_lead_by_more_than_the_error_of_the_difference(n
 
 
 def test_auroc_difference_variance_matches_the_spread_of_measured_differences():
-    from metaad_dist.train.fusion import auroc_difference_variance
+    from metaad_dist.eval.metrics import auroc_difference_variance
 
     # Two scores of the same rows sharing a common part (as fused evidences share components):
     # the difference of their AUROCs over fresh samples of 10 shots and 300 normal rows.

@@ -1,9 +1,13 @@
 """`metaad score`'s table handling: raw source columns vs encoded feature columns."""
+import re
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
+from metaad_dist.errors import DataError
 from metaad_dist.eval.scoring import FLAG_COLUMN, SCORE_COLUMN, feature_matrix, score_table
 
 INDEX = {"columns": ["proto", "bytes"], "categories": {"proto": ["17", "6"]}, "encoding": "index"}
@@ -41,3 +45,23 @@ def test_rescoring_a_scored_table_replaces_its_score_columns():
     assert again.column_names == ["proto", "bytes", SCORE_COLUMN, FLAG_COLUMN]
     assert again.column(SCORE_COLUMN).to_pylist() == [3.0, np.float32(0.1)]
     assert again.column(FLAG_COLUMN).to_pylist() == [True, False]
+
+
+@pytest.mark.parametrize("encoder", [None, ONEHOT], ids=["feature-columns", "raw-columns"])
+def test_a_value_beyond_float32_is_one_line_saying_so_without_numpy_warnings(encoder):
+    names = ["bytes", "proto=17", "proto=6"] if encoder is None else ["proto=17", "proto=6", "bytes"]
+    columns = {"bytes": [1.0, 1e40, -1e39]}
+    columns.update({"proto=17": [1.0, 0.0, 0.0], "proto=6": [0.0, 1.0, 1.0]} if encoder is None else {"proto": ["17", "6", "6"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow RuntimeWarning would fail here
+        with pytest.raises(DataError) as info:
+            score_table(pa.table(columns), trained(names), 1.0, "new.csv", encoder)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "in 2 of 3 rows (first: row 1, column 'bytes': 1e+40 is beyond the float32 range" in message
+
+
+def test_nan_and_missing_values_are_named_too():
+    for values, why in [([1.0, float("nan")], "column 'bytes': nan)"), ([1.0, None], "column 'bytes': missing)")]:
+        with pytest.raises(DataError, match=re.escape(why)):
+            score_table(pa.table({"bytes": values}), trained(["bytes"]), 1.0, "new.csv")

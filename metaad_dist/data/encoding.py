@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from metaad_dist.data.table import to_float32
 from metaad_dist.errors import ConfigError, DataError
 
 ENCODINGS = ("onehot", "index")
@@ -64,7 +65,7 @@ class FeatureEncoder:
             if column not in self.categories:
                 array = values.to_numpy(zero_copy_only=False) if values.null_count == 0 else pc.fill_null(
                     values.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
-                out.append(np.asarray(array, dtype=np.float32))
+                out.append(to_float32(array))
                 continue
             codes = pc.index_in(values.cast(pa.string()), value_set=self._value_sets[column])
             codes = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)

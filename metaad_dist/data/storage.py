@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from metaad_dist.config import StorageConfig
-from metaad_dist.errors import UserError
+from metaad_dist.errors import UserError, first_line
 
 S3_SCHEME = "s3://"
 DEFAULT_REGION = "us-east-1"
@@ -139,11 +139,6 @@ class Location:
                 self.fs.delete_dir(path)
             elif info.type == pafs.FileType.File:
                 self.fs.delete_file(path)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (pyarrow's span several)."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 @contextlib.contextmanager

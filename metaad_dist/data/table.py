@@ -48,6 +48,16 @@ class FamilyTable:
         )
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(values) -> np.ndarray:
+    """float32 features from numbers; a value beyond float32's range becomes +-inf without
+    numpy's overflow warning, so that the caller's own finiteness check says what went wrong."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float32)
+
+
 def numeric_features(
     columns: Mapping[str, Sequence], names: Sequence[str], where: str
 ) -> np.ndarray:
@@ -56,10 +66,10 @@ def numeric_features(
     for name in names:
         values = np.asarray(columns[name])
         if values.dtype.kind in "biuf":
-            out.append(values.astype(np.float32, copy=False))
+            out.append(to_float32(values))
             continue
         try:
-            out.append(values.astype(np.float32))
+            out.append(to_float32(values))
         except (TypeError, ValueError):
             bad = next(v for v in values if not _is_number(v))
             raise DataError(

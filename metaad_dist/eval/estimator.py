@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
-from metaad_dist.config import Config
+from metaad_dist.config import Config, apply_overrides
 from metaad_dist.data.table import FamilyTable
 from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.eval.threshold import FALLBACK_NORMAL_QUANTILE
@@ -49,15 +49,13 @@ class MetaADDetector:
         cfg.data.normal, cfg.data.meta, cfg.data.scaler = normal, meta, self.scaler
         cfg.meta.budget, cfg.meta.k_shot, cfg.meta.episodes = self.budget, self.k_shot, self.episodes
         cfg.seed, cfg.quiet = self.seed, True
-        from metaad_dist.cli import apply_overrides
-
         return apply_overrides(cfg, self.overrides)
 
     def fit(self, X, y) -> "MetaADDetector":
         from metaad_dist.data.roles import FamilyRoles
         from metaad_dist.data.scaling import FeatureScaler  # noqa: F401 - part of the fitted state
         from metaad_dist.train import setup as training
-        from metaad_dist.train.local import train_local
+        from metaad_dist.train import api
 
         x = np.asarray(X, dtype=np.float32)
         families = np.asarray(y).astype(str)
@@ -77,7 +75,7 @@ class MetaADDetector:
         source = _ArraySource(table)
         roles = FamilyRoles.from_config(cfg.data, source.family_names(), required=("normal", "meta"))
         setup = training.build_setup(cfg, source, roles)
-        result = train_local(cfg, setup=setup)
+        result = api.fit(cfg, setup=setup)
         self.model_ = result.trained.model.eval()
         self.scaler_ = setup.scaler
         self.score_ = cfg.model.score

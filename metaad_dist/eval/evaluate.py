@@ -19,13 +19,15 @@ from metaad_dist.data.storage import open_location
 from metaad_dist.data.views import build_test_view
 from metaad_dist.eval import plots
 from metaad_dist.eval.baselines import fit_baseline
-from metaad_dist.eval.metrics import family_metrics
-from metaad_dist.eval.report import markdown_report, results_table
+from metaad_dist.eval.metrics import auroc_difference_variance, detection_metrics, family_metrics
+from metaad_dist.eval.report import markdown_report, results_table, summary_line
+from metaad_dist.train.api import fit
 from metaad_dist.train.artifacts import load_run, load_run_config, score_scaled_rows
 from metaad_dist.train.commands import run_location
 from metaad_dist.train.setup import prepare_training, resolve_device
 
 METHOD = "metaad"
+ABLATION = "inner_only"  # the method without its outer loop (eval/baselines/inner_only.py)
 
 
 def at_threshold(normal: np.ndarray, anomalies: np.ndarray, threshold: float) -> dict[str, float]:
@@ -46,15 +48,26 @@ def _model_scorer(model, score: str, device: torch.device):
 
 def _budget_point(run_cfg, budget: int, normal_x, held_out_x) -> float:
     """Held-out AUROC of the method retrained at `budget` on the same split and seed."""
-    from metaad_dist.train.local import train_local
-
     cfg = run_cfg.copy()
     cfg.meta.budget = budget
     cfg.meta.k_shot = min(cfg.meta.k_shot, budget)
-    result = train_local(cfg)
+    result = fit(cfg)
     scorer = _model_scorer(result.trained.model, cfg.model.score, resolve_device(cfg.trainer.device))
     scale = result.setup.scaler.transform
     return family_metrics(scorer(scale(normal_x)), {f: scorer(scale(x)) for f, x in held_out_x.items()})["overall"]["auroc"]
+
+
+def versus_ablation(scores: dict[str, tuple[np.ndarray, dict]]) -> dict | None:
+    """The method's held-out AUROC minus its inner-loop-only ablation's, with the standard error
+    of that paired difference (DeLong: both rank the same held-out rows above the same normal
+    rows), so a report can say whether this run shows the method beating its inner loop alone."""
+    if ABLATION not in scores:
+        return None
+    (normal_m, held_m), (normal_a, held_a) = scores[METHOD], scores[ABLATION]
+    anomalies_m, anomalies_a = np.concatenate(list(held_m.values())), np.concatenate(list(held_a.values()))
+    difference = detection_metrics(normal_m, anomalies_m)["auroc"] - detection_metrics(normal_a, anomalies_a)["auroc"]
+    variance = auroc_difference_variance(normal_m, anomalies_m, normal_a, anomalies_a)
+    return {"baseline": ABLATION, "auroc_difference": difference, "standard_error": float(np.sqrt(variance))}
 
 
 def evaluate_run(cfg, log=print) -> dict:
@@ -79,25 +92,28 @@ def evaluate_run(cfg, log=print) -> dict:
             log(f"fitting baseline {name} on the same split ...")
         scorers[name] = fit_baseline(name, run_cfg, setup)
 
-    held_out, seen = {}, {}
+    held_out, seen, scores = {}, {}, {}
     for name, scorer in scorers.items():
         normal_scores = scorer(normal_x)
-        held_out[name] = family_metrics(normal_scores, {f: scorer(x) for f, x in held_out_x.items()})
+        scores[name] = (normal_scores, {f: scorer(x) for f, x in held_out_x.items()})
+        held_out[name] = family_metrics(*scores[name])
         if seen_x:
             seen[name] = family_metrics(normal_scores, {f: scorer(x) for f, x in seen_x.items()})
-    method = scorers[METHOD]
-    method_normal = method(normal_x)
-    method_held_out = {f: method(x) for f, x in held_out_x.items()}
+    method_normal, method_held_out = scores[METHOD]
     budget_points = {int(run_cfg.meta.budget): held_out[METHOD]["overall"]["auroc"]}
     for budget in cfg.eval.budget_curve:
         if budget not in budget_points:
             if not cfg.quiet:
                 log(f"retraining the method at budget {budget} for the AUROC-vs-budget curve ...")
             budget_points[int(budget)] = _budget_point(run_cfg, int(budget), test.normal_x, test.held_out_x)
+    roles = setup.roles
     return {
         "run": location.uri,
         "scaler": run_cfg.data.scaler,
         "budget": int(run_cfg.meta.budget),
+        "trained": {"episodes": int(run_cfg.meta.episodes), "seed": int(run_cfg.seed), "normal": list(roles.normal),
+                    "meta": list(roles.meta), "held_out": list(roles.held_out)},
+        "versus_ablation": versus_ablation(scores),
         # (network, kNN, isolation, reconstruction) evidence weights the run chose; None without a memory.
         "fusion_weights": trained.model.memory.weights.tolist() if trained.model.memory is not None else None,
         "held_out": held_out,
@@ -148,3 +164,4 @@ def evaluate_command(cfg) -> None:
         f"precision {op['precision']:.3f} recall {op['recall']:.3f} F1 {op['f1']:.3f}"
     )
     print(f"report: {out.uri}/report.md")
+    print(summary_line(report, METHOD))

@@ -1,4 +1,5 @@
-"""Detection metrics with anomalies as the positive class, all from scikit-learn."""
+"""Detection metrics with anomalies as the positive class (scikit-learn), and the DeLong variance
+of a paired AUROC difference (how precisely two scores on the same rows are compared)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,3 +33,29 @@ def family_metrics(normal_scores: np.ndarray, family_scores: dict[str, np.ndarra
         if len(scores):
             out[family] = detection_metrics(normal_scores, scores)
     return out
+
+
+def auroc_difference_variance(normal_a, shots_a, normal_b, shots_b) -> float:
+    """Variance of AUROC_a - AUROC_b when two scores rank the same shots above the same normal
+    rows: DeLong, DeLong & Clarke-Pearson, "Comparing the areas under two or more correlated
+    receiver operating characteristic curves", Biometrics 44, 1988. Each shot's placement (the
+    share of normal rows it outranks, ties half) and each normal row's (the share of shots that
+    outrank it) vary together under both scores, so the closer the two scores agree, the more
+    precisely their difference is measured, however few the shots."""
+
+    def placements(normal: np.ndarray, shots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ordered = np.sort(normal)
+        below = np.searchsorted(ordered, shots, "left")
+        ties = np.searchsorted(ordered, shots, "right") - below
+        of_shots = (below + 0.5 * ties) / len(normal)
+        above = (shots[None, :] > normal[:, None]).sum(axis=1) + 0.5 * (shots[None, :] == normal[:, None]).sum(axis=1)
+        return of_shots, above / len(shots)
+
+    shots_a_place, normal_a_place = placements(np.asarray(normal_a), np.asarray(shots_a))
+    shots_b_place, normal_b_place = placements(np.asarray(normal_b), np.asarray(shots_b))
+    if len(shots_a_place) < 2:
+        return float("inf")  # one shot: no estimate of its spread
+    return float(
+        np.var(shots_a_place - shots_b_place, ddof=1) / len(shots_a_place)
+        + np.var(normal_a_place - normal_b_place, ddof=1) / len(normal_a_place)
+    )

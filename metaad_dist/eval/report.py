@@ -1,4 +1,4 @@
-"""Plain-text tables of evaluation results."""
+"""Plain-text tables, the one-line summary and the Markdown report of evaluation results."""
 from __future__ import annotations
 
 from metaad_dist.model.memory import COMPONENTS
@@ -49,3 +49,31 @@ def markdown_report(metrics: dict) -> str:
     lines += [f"| {b} | {a:.3f} |" for b, a in metrics["auroc_vs_budget"].items()]
     lines += ["", "![ROC](roc_held_out.png) ![scores](score_histogram.png) ![budget](auroc_vs_budget.png)", ""]
     return "\n".join(lines)
+
+
+def summary_line(metrics: dict, method: str) -> str:
+    """One line: what was trained, on which families, and the held-out AUROC of the method beside
+    each baseline; against its inner-loop-only ablation (no outer loop, no normal memory),
+    whether the paired difference is outside its 95% interval, so the line never claims a gain
+    the run does not show."""
+    trained = metrics["trained"]
+    parts = []
+    for name, per_family in metrics["held_out"].items():
+        auroc = per_family["overall"]["auroc"]
+        versus = metrics.get("versus_ablation")
+        if versus is None or name != versus["baseline"]:
+            parts.append(f"{name} {auroc:.3f}")
+            continue
+        difference, half_width = versus["auroc_difference"], 1.96 * versus["standard_error"]
+        verdict = (
+            "the method beats its inner loop alone on this run" if difference > half_width
+            else "the method trails its inner loop alone on this run" if difference < -half_width
+            else "no significant difference, so this run does not show the method beating its inner loop alone"
+        )
+        parts.append(f"inner-loop-only ablation {auroc:.3f} ({difference:+.3f} ±{half_width:.3f} at 95%: {verdict})")
+    ordered = sorted(parts, key=lambda p: not p.startswith(f"{method} "))  # the method first
+    return (
+        f"summary: {method} trained {trained['episodes']} episodes on normal {', '.join(trained['normal'])} with "
+        f"{metrics['budget']} labelled rows each of {', '.join(trained['meta'])} (seed {trained['seed']}); held-out "
+        f"AUROC on unseen {', '.join(trained['held_out'])}: " + " vs ".join(ordered)
+    )

@@ -11,6 +11,7 @@ column's name; such a column is always read as raw categories.
 from __future__ import annotations
 
 import io
+import math
 import posixpath
 import sys
 
@@ -20,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from metaad_dist.data.storage import open_location
-from metaad_dist.data.table import numeric_features
+from metaad_dist.data.table import FLOAT32_MAX, numeric_features
 from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.train.artifacts import load_run
 from metaad_dist.train.commands import run_location
@@ -74,6 +75,22 @@ def feature_matrix(table: pa.Table, trained, encoder: dict | None, where: str) -
     )
 
 
+def _unscorable(table: pa.Table, x: np.ndarray, names: list[str], where: str) -> DataError:
+    """One line for rows whose features are not finite, naming the first cell and why: a value
+    beyond float32's range is finite in the input and only infinite once it is a feature."""
+    rows, columns = np.nonzero(~np.isfinite(x))
+    row, name = int(rows[0]), names[int(columns[0])]
+    raw = table.column(name)[row].as_py() if name in table.column_names else None
+    if isinstance(raw, (int, float)) and math.isfinite(raw):
+        why = f"{raw:g} is beyond the float32 range of features (|x| <= {FLOAT32_MAX:.4g})"
+    else:
+        why = "missing" if raw is None else f"{raw}"
+    return DataError(
+        f"{where}: NaN, infinite, missing or beyond-float32 feature values in {len(np.unique(rows))} of {len(x)} "
+        f"rows (first: row {row}, column '{name}': {why}); clean or drop those rows first"
+    )
+
+
 def score_table(
     table: pa.Table, trained, threshold: float, where: str, encoder: dict | None = None, device=None
 ) -> tuple[pa.Table, dict[str, int]]:
@@ -81,7 +98,7 @@ def score_table(
     scored file gives the new scores), and the unseen-category counts of feature_matrix."""
     x, unseen = feature_matrix(table, trained, encoder, where)
     if not np.isfinite(x).all():
-        raise DataError(f"{where}: NaN or infinite feature values; clean or drop those rows first")
+        raise _unscorable(table, x, list(trained.feature_names), where)
     scores = trained.anomaly_scores(x, device)
     kept = table.drop_columns([c for c in (SCORE_COLUMN, FLAG_COLUMN) if c in table.column_names])
     scored = kept.append_column(SCORE_COLUMN, pa.array(scores, pa.float32())).append_column(

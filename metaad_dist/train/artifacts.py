@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from metaad_dist.data.scaling import FeatureScaler
 from metaad_dist.data.storage import Location
-from metaad_dist.errors import UserError
+from metaad_dist.errors import UserError, first_line, one_line
 from metaad_dist.model.networks import MetaADModel
+from metaad_dist.train.checkpoint import load_tensors
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
@@ -73,7 +74,7 @@ def load_run(location: Location) -> tuple[TrainedModel, dict]:
     if not location.exists(MODEL_FILE):
         raise UserError(f"{location.uri}: no trained run here (missing {MODEL_FILE}); run `metaad train` first")
     try:
-        payload = torch.load(io.BytesIO(location.read_bytes(MODEL_FILE)), weights_only=True, map_location="cpu")
+        payload = load_tensors(location.read_bytes(MODEL_FILE))
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise UserError(f"{where}: not a readable metaad checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in RUN_KEYS):
@@ -85,8 +86,7 @@ def load_run(location: Location) -> tuple[TrainedModel, dict]:
         model.load_state_dict(payload["model_state"])
         scaler = FeatureScaler.from_state_dict(payload["scaler"])
     except (TypeError, KeyError, ValueError, RuntimeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{where}: the weights do not fit the recorded model ({detail[:200]})") from None
+        raise UserError(f"{where}: the weights do not fit the recorded model ({first_line(exc)[:200]})") from None
     model.eval()
     return TrainedModel(model, scaler, payload["feature_names"], payload["score"]), payload
 
@@ -94,7 +94,6 @@ def load_run(location: Location) -> tuple[TrainedModel, dict]:
 def load_run_config(location: Location):
     """The run's config.yaml on the current schema: a run written before a setting existed gets
     its default; an unknown key or ill-typed value is one line naming the file."""
-    from metaad_dist.cli import _one_line
     from metaad_dist.config import Config
 
     if not location.exists(CONFIG_FILE):
@@ -102,4 +101,4 @@ def load_run_config(location: Location):
     try:
         return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(location.read_bytes(CONFIG_FILE).decode()))
     except Exception as exc:  # noqa: BLE001 - YAML and schema errors of a stored file
-        raise UserError(f"{location.uri}/{CONFIG_FILE}: {_one_line(exc)}") from None
+        raise UserError(f"{location.uri}/{CONFIG_FILE}: {one_line(exc)}") from None

@@ -17,11 +17,11 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 
 import torch
 
-from metaad_dist.data.storage import first_line
-from metaad_dist.errors import UserError
+from metaad_dist.errors import UserError, first_line
 
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
@@ -51,11 +51,23 @@ def write_state(state: dict, directory: str) -> str:
     return path
 
 
+def load_tensors(data: bytes):
+    """torch.load(weights_only=True) of a file's bytes, on the CPU, without torch's warnings.
+
+    Why silence them: a foreign pickle (another protocol, arbitrary objects) makes torch warn
+    about the protocol before it refuses the file; our callers turn that refusal into one line,
+    and the warning above it only buries it. What we write ourselves loads without warnings.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
 def read_state(data: bytes, where: str) -> dict:
     """Parse a state file's bytes; any problem is one UserError naming `where`."""
     hint = "delete this checkpoint folder to resume from an older one, or train under a new run name"
     try:
-        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        state = load_tensors(data)
     except Exception as exc:  # noqa: BLE001 - every unpickling failure means a corrupt or foreign file
         raise UserError(f"{where}: corrupt checkpoint ({type(exc).__name__}); {hint}") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):

@@ -1,4 +1,8 @@
-"""`metaad train`: train with the configured trainer and save the run to storage."""
+"""Where a run lives in storage and what a finished training writes there (both trainers).
+
+`metaad train` itself is train/launch.py: Ray Train's driver imports these helpers, so the
+command that dispatches to it cannot live here without an import circle.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,11 +11,8 @@ import numpy as np
 import torch
 
 from metaad_dist.data.storage import open_location
-from metaad_dist.errors import ConfigError
 from metaad_dist.eval.threshold import choose_threshold
 from metaad_dist.train.artifacts import TrainedModel, save_run
-
-TRAINERS = ("local", "ray")
 
 
 def run_name(cfg) -> str:
@@ -53,28 +54,3 @@ def save_trained_run(
     extra = {"model_args_version": 1, "threshold": threshold, **setup.run_metadata()}
     save_run(location, trained, setup.model_args, extra, cfg, metrics)
     return metrics
-
-
-def train_command(cfg) -> None:
-    if cfg.trainer.name not in TRAINERS:
-        raise ConfigError(f"trainer.name='{cfg.trainer.name}'; expected one of {list(TRAINERS)}")
-    if cfg.trainer.name == "ray":
-        from metaad_dist.train.ray_trainer import train_ray
-
-        result = train_ray(cfg)
-        metrics, location_uri = result.metrics, result.location_uri
-    else:
-        from metaad_dist.train.local import train_local
-
-        location = run_location(cfg)
-        location.write_bytes_atomic(b"", WRITE_CHECK)  # an unwritable storage.root fails now, not after training
-        location.delete(WRITE_CHECK)
-        result = train_local(cfg)
-        metrics = save_trained_run(cfg, location, result.trained, result.setup, result.history, result.seconds)
-        location_uri = location.uri
-    if not cfg.quiet:
-        val = metrics["final"].get("val_auroc")
-        print(
-            f"saved run '{run_name(cfg)}' to {location_uri} ({cfg.meta.episodes} episodes in {metrics['seconds']:.1f}s"
-            + (f", validation AUROC {val:.3f})" if val is not None else ")")
-        )

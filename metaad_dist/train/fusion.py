@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from metaad_dist.config import Config
-from metaad_dist.eval.metrics import detection_metrics
+from metaad_dist.eval.metrics import auroc_difference_variance, detection_metrics
 from metaad_dist.model.memory import tail_evidence
 from metaad_dist.model.networks import MetaADModel
 from metaad_dist.train.setup import TrainingSetup, build_setup, fusion_candidates
@@ -66,32 +66,6 @@ def choose_weights(
 
     chosen = pick_candidate(candidates, aurocs, rule, gap_se)
     return FusionChoice([f.family for f in folds], [list(c) for c in candidates], aurocs, chosen)
-
-
-def auroc_difference_variance(normal_a, shots_a, normal_b, shots_b) -> float:
-    """Variance of AUROC_a - AUROC_b when two scores rank the same shots above the same normal
-    rows: DeLong, DeLong & Clarke-Pearson, "Comparing the areas under two or more correlated
-    receiver operating characteristic curves", Biometrics 44, 1988. Each shot's placement (the
-    share of normal rows it outranks, ties half) and each normal row's (the share of shots that
-    outrank it) vary together under both scores, so the closer the two scores agree, the more
-    precisely their difference is measured, however few the shots."""
-
-    def placements(normal: np.ndarray, shots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ordered = np.sort(normal)
-        below = np.searchsorted(ordered, shots, "left")
-        ties = np.searchsorted(ordered, shots, "right") - below
-        of_shots = (below + 0.5 * ties) / len(normal)
-        above = (shots[None, :] > normal[:, None]).sum(axis=1) + 0.5 * (shots[None, :] == normal[:, None]).sum(axis=1)
-        return of_shots, above / len(shots)
-
-    shots_a_place, normal_a_place = placements(np.asarray(normal_a), np.asarray(shots_a))
-    shots_b_place, normal_b_place = placements(np.asarray(normal_b), np.asarray(shots_b))
-    if len(shots_a_place) < 2:
-        return float("inf")  # one shot: no estimate of its spread
-    return float(
-        np.var(shots_a_place - shots_b_place, ddof=1) / len(shots_a_place)
-        + np.var(normal_a_place - normal_b_place, ddof=1) / len(normal_a_place)
-    )
 
 
 def pick_candidate(

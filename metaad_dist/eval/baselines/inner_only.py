@@ -11,9 +11,9 @@ import torch
 
 
 def fit_inner_only(cfg, setup):
-    from metaad_dist.train.local import train_local
+    from metaad_dist.train.api import fit
 
-    result = train_local(cfg, outer=False, setup=setup)
+    result = fit(cfg, setup=setup, outer=False)
     model = result.trained.model.eval()
 
     def score(x_scaled: np.ndarray) -> np.ndarray:
