@@ -197,6 +197,9 @@ class StorageConfig:
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 60.0
     max_attempts: int = 3
+    # Check each prepared shard against the sha256 in its manifest when a process first opens it
+    # (issue 22). Off only for storage you trust not to change bytes under you.
+    verify_checksums: bool = True
 
 
 @dataclass
