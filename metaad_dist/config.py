@@ -293,6 +293,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
     run: Optional[str] = None  # run name under storage.root; default <data.name>-seed<seed>
+    overwrite: bool = False  # train: replace a finished run of the same name (an unfinished one resumes)
     output: Optional[str] = None  # prepare: destination folder; score: output file
     input: Optional[str] = None  # score: table to score
     quiet: bool = False
