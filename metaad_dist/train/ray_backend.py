@@ -42,7 +42,7 @@ def interface_of(address: str):
     return None
 
 
-def bound_process_group(backend: str, rank: int, world: int, address: str, port: int, timeout_s: int) -> None:
+def bound_process_group(backend: str, world_rank: int, world_size: int, address: str, port: int, timeout_s: int) -> None:
     """torch.distributed.init_process_group whose rendezvous store listens on `address` only."""
     import os
 
@@ -53,6 +53,7 @@ def bound_process_group(backend: str, rank: int, world: int, address: str, port:
     if "nccl" in backend:
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # as Ray's own setup does
     timeout = timedelta(seconds=timeout_s)
+    rank, world = world_rank, world_size
     if rank == 0:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -78,7 +79,7 @@ class _BoundTorchBackend(_TorchBackend):
             worker_group.execute(_set_torch_distributed_env_vars)  # LOCAL_RANK and friends, as Ray does
         ray.get([
             worker_group.execute_single_async(
-                i, bound_process_group, backend=backend_config.backend or "gloo", rank=i, world=len(worker_group),
+                i, bound_process_group, backend=backend_config.backend or "gloo", world_rank=i, world_size=len(worker_group),
                 address=address, port=port, timeout_s=backend_config.timeout_s,
             )
             for i in range(len(worker_group))

@@ -452,11 +452,23 @@ def ensure_ray() -> bool:
         # (loopback only: metaad_dist/__init__.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported)
         # One machine has no preemptible nodes; the watcher would only log a harmless error.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        # Token auth stays on; choosing it explicitly spares every run Ray's "enabled by default"
-        # warning, which tells a user of a loopback-only instance nothing.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        quiet_default_token_warning()
         ray.init(_node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
     return True
+
+
+class _DefaultTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster.")
+
+
+def quiet_default_token_warning() -> None:
+    """Ray 2.60 warns on every local start that it enabled token auth by default: it tells the
+    user of a loopback-only instance nothing, so it is dropped (the warning that auth is
+    *disabled* still shows)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DefaultTokenNotice) for f in logger.filters):
+        logger.addFilter(_DefaultTokenNotice())
 
 
 def failure_error(exc: BaseException, name: str) -> UserError:
