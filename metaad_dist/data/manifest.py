@@ -120,6 +120,12 @@ _verified: set[tuple[str, str]] = set()  # (shard uri, sha256) this process has 
 _verified_lock = threading.Lock()
 
 
+def forget_verified() -> None:
+    """Forget which shards this process has hashed (benchmarks measure a first open with it)."""
+    with _verified_lock:
+        _verified.clear()
+
+
 @dataclass(frozen=True)
 class ShardCheck:
     """What every process checks when it first opens a shard: bytes, sha256 (once per process and
