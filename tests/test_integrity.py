@@ -309,3 +309,40 @@ def test_corrupt_local_checkpoint_is_one_line(capsys, tmp_path):
     (tmp_path / "c" / "checkpoint_000000004" / "state.pt").write_bytes(b"not a checkpoint")
     err = error_of(capsys, *args)
     assert f"{tmp_path}/c/checkpoint_000000004: corrupt checkpoint" in err
+
+
+# --------------------------------------------------------------------------- log noise
+
+
+def test_no_credential_line_from_boto3(monkeypatch, caplog):
+    """botocore logs where it found keys at INFO, in every Ray worker and sampler actor."""
+    import logging
+
+    from metaad_dist.config import StorageConfig
+    from metaad_dist.data.storage import s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testkey")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testsecret")
+    logging.getLogger("botocore.credentials").setLevel(logging.NOTSET)  # as a fresh worker process
+    with caplog.at_level(logging.INFO):
+        s3_client(StorageConfig(endpoint_url="http://127.0.0.1:9"))
+    assert not [r for r in caplog.records if "Found credentials" in r.getMessage()]
+
+
+def test_read_only_episode_arrays_raise_no_torch_warning():
+    """Episodes from Ray's object store are read-only; the learner shares them without a warning."""
+    import warnings
+
+    import numpy as np
+
+    from metaad_dist.config import MetaConfig
+    from metaad_dist.meta.learner import MetaLearner
+    from metaad_dist.model.networks import MetaADModel
+
+    learner = MetaLearner(MetaADModel(in_dim=3, num_classes=2, hidden_dims=[4], embed_dim=2), MetaConfig(),
+                          torch.device("cpu"))
+    x = np.ones((2, 3), dtype=np.float32)
+    x.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert learner._tensor(x).shape == (2, 3)
