@@ -6,7 +6,9 @@ Rows/s of `metaad prepare` (UNSW-NB15 config: 3 one-hot categoricals, 190 float3
   - a real S3-compatible server on 127.0.0.1 (SeaweedFS, tests/s3_server.py),
 against pyarrow.csv.read_csv of the same file (the ceiling: parse only, multithreaded, no
 encoding, no writes). Also the read side: PreparedSource.read of every family, local and S3,
-against pyarrow.dataset reading the same local shards.
+against pyarrow.dataset reading the same local shards, with the sha256 check of each shard
+against the manifest (storage.verify_checksums, on by default; every repeat is a first open,
+so every shard is hashed) and without it.
 
 The input is the shared UNSW-NB15 CSV repeated --scale times (82,332 rows each).
 
@@ -39,6 +41,7 @@ import pyarrow.dataset as pads  # noqa: E402
 from metaad_dist.cli import compose_config  # noqa: E402
 from metaad_dist.config import StorageConfig  # noqa: E402
 from metaad_dist.data.prepare import prepare_dataset  # noqa: E402
+from metaad_dist.data.manifest import forget_verified  # noqa: E402
 from metaad_dist.data.prepared import PreparedSource  # noqa: E402
 from s3_server import SeaweedS3  # noqa: E402
 
@@ -108,8 +111,15 @@ def main() -> int:
         shard_paths = [str(local_dir / manifest["shard_root"] / s["path"]) for s in manifest["shards"]]
         read_ceiling_s, _ = best_of(args.repeats, lambda: pads.dataset(shard_paths, format="parquet").to_table())
         families = sorted(manifest["families"])
-        read_local_s, _ = best_of(args.repeats, lambda: PreparedSource(str(local_dir)).read(families))
-        read_s3_s, _ = best_of(args.repeats, lambda: PreparedSource(s3_uri, storage).read(families))
+        def first_read(uri: str, storage: StorageConfig):
+            forget_verified()  # as a fresh process: each shard is hashed when opened
+            return PreparedSource(uri, storage).read(families)
+
+        trusted = StorageConfig(endpoint_url=server.endpoint_url, verify_checksums=False)
+        read_local_s, _ = best_of(args.repeats, lambda: first_read(str(local_dir), StorageConfig()))
+        read_local_trusted_s, _ = best_of(args.repeats, lambda: first_read(str(local_dir), trusted))
+        read_s3_s, _ = best_of(args.repeats, lambda: first_read(s3_uri, storage))
+        read_s3_trusted_s, _ = best_of(args.repeats, lambda: first_read(s3_uri, trusted))
         shard_bytes = sum(s["bytes"] for s in manifest["shards"])
     finally:
         if server is not None:
@@ -141,9 +151,15 @@ def main() -> int:
             "pyarrow_dataset_local_rows_per_s": rate(read_ceiling_s),
             "local_rows_per_s": rate(read_local_s),
             "s3_rows_per_s": rate(read_s3_s),
+            "local_no_checksum_rows_per_s": rate(read_local_trusted_s),
+            "s3_no_checksum_rows_per_s": rate(read_s3_trusted_s),
             "local_vs_ceiling": read_ceiling_s / read_local_s,
             "s3_vs_ceiling": read_ceiling_s / read_s3_s,
-            "seconds": {"pyarrow_dataset_local": read_ceiling_s, "local": read_local_s, "s3": read_s3_s},
+            # What the sha256 check costs: read time with it over read time without it.
+            "checksum_cost_local": read_local_s / read_local_trusted_s,
+            "checksum_cost_s3": read_s3_s / read_s3_trusted_s,
+            "seconds": {"pyarrow_dataset_local": read_ceiling_s, "local": read_local_s, "s3": read_s3_s,
+                        "local_no_checksum": read_local_trusted_s, "s3_no_checksum": read_s3_trusted_s},
         },
     }
     print(f"prepare benchmark: UNSW-NB15 x{args.scale} = {rows:,} rows, {size / 1e6:.0f} MB CSV, "
@@ -155,10 +171,14 @@ def main() -> int:
         ("metaad prepare -> S3 (SeaweedFS, 127.0.0.1)", s3_s, ceiling_s / s3_s),
         ("pyarrow.dataset read of the shards (ceiling)", read_ceiling_s, 1.0),
         ("PreparedSource.read <- local folder", read_local_s, read_ceiling_s / read_local_s),
+        ("  same, storage.verify_checksums=false", read_local_trusted_s, read_ceiling_s / read_local_trusted_s),
         ("PreparedSource.read <- S3", read_s3_s, read_ceiling_s / read_s3_s),
+        ("  same, storage.verify_checksums=false", read_s3_trusted_s, read_ceiling_s / read_s3_trusted_s),
     ]
     for name, seconds, ratio in lines:
         print(f"{name:<44}{rows / seconds:>14,.0f}{seconds:>10.2f}{ratio:>8.2f}")
+    print(f"sha256 check cost (read time with / without): local {read_local_s / read_local_trusted_s:.2f}x, "
+          f"S3 {read_s3_s / read_s3_trusted_s:.2f}x")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -71,8 +71,21 @@ def _config_groups() -> dict[str, list[str]]:
     }
 
 
+def version_line() -> str:
+    """The package version and the versions of what trains with it (bug reports need all three)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"{PROG} {of('metaad-dist')} (ray {of('ray')}, torch {of('torch')}, Python {sys.version.split()[0]})"
+
+
 def usage() -> str:
-    lines = [f"usage: {PROG} <command> [--config FILE] [key=value ...] [--cfg]", "", "commands:"]
+    lines = [f"usage: {PROG} <command> [--config FILE] [key=value ...] [--cfg]  |  {PROG} --version", "", "commands:"]
     lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
     lines += ["", "config groups (choose with group=option, e.g. data=digits):"]
     lines += [f"  {group:<10} {', '.join(options)}" for group, options in _config_groups().items()]
@@ -165,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not argv or argv[0] in ("-h", "--help", "help"):
             print(usage())
+            return 0
+        if argv[0] in ("--version", "-V", "version"):
+            print(version_line())
             return 0
         command, overrides = argv[0], argv[1:]
         if command not in COMMANDS:

@@ -208,6 +208,9 @@ class StorageConfig:
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 60.0
     max_attempts: int = 3
+    # Check each prepared shard against the sha256 in its manifest when a process first opens it
+    # (issue 22). Off only for storage you trust not to change bytes under you.
+    verify_checksums: bool = True
 
 
 @dataclass
@@ -301,6 +304,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
     run: Optional[str] = None  # run name under storage.root; default <data.name>-seed<seed>
+    overwrite: bool = False  # train: replace a finished run of the same name (an unfinished one resumes)
     output: Optional[str] = None  # prepare: destination folder; score: output file
     input: Optional[str] = None  # score: table to score
     quiet: bool = False

@@ -103,7 +103,7 @@ def test_setup_on_s3_reads_at_most_the_caps(compose, s3):
 
 
 def test_auto_keeps_small_data_in_memory_and_metrics_record_the_path(compose, digits_shards, tmp_path, capsys):
-    from metaad_dist.train.commands import train_command
+    from metaad_dist.train.launch import train_command
 
     cfg = _cfg(compose, digits_shards, f"storage.root={tmp_path}", "run=small", "quiet=false")
     train_command(cfg)

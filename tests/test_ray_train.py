@@ -9,6 +9,7 @@ import io
 import os
 import math
 import socket
+import time
 
 import pytest
 import torch
@@ -204,13 +205,97 @@ def test_section5_options_resume_exactly_under_two_workers(ray_local, compose, t
     assert trained.model.odin_epsilon == 0.01  # scoring perturbs too
 
 
+class ProcessWatch:
+    """Polls this process and all its descendants (the local Ray instance and its workers) while a
+    block runs: the sockets they listen on and the Ray Train worker processes that appear."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil = psutil
+        self.listening: dict[tuple[str, int], str] = {}
+        self.workers: set[int] = set()
+        self.before = {p.pid for p in self._tree()}
+        self._stop = False
+
+    def _tree(self):
+        me = self.psutil.Process()
+        return [me, *me.children(recursive=True)]
+
+    def _poll(self) -> None:
+        for proc in self._tree():
+            try:
+                title = " ".join(proc.cmdline()[:1])
+                for c in proc.net_connections(kind="inet"):
+                    if c.status == self.psutil.CONN_LISTEN:
+                        self.listening[(c.laddr.ip, c.laddr.port)] = title
+                if "RayTrainWorker" in title and proc.pid not in self.before:
+                    self.workers.add(proc.pid)
+            except self.psutil.Error:
+                pass
+
+    def __enter__(self):
+        import threading
+
+        def loop():
+            while not self._stop:
+                self._poll()
+                time.sleep(0.1)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+
+    def beyond_loopback(self) -> dict:
+        import ipaddress
+
+        def loopback(ip: str) -> bool:
+            a = ipaddress.ip_address(ip.split("%")[0])
+            return a.is_loopback or bool(getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback)
+
+        return {k: v for k, v in self.listening.items() if not loopback(k[0])}
+
+
+def test_no_socket_of_a_two_worker_run_listens_beyond_loopback(ray_local, compose, tmp_path):
+    """torch's TCPStore listens on every interface whatever host it is given; the rendezvous store
+    (ray_backend.BoundTorchConfig) and gloo's pair sockets must stay on 127.0.0.1."""
+    with ProcessWatch() as watch:
+        result = train_ray(compose(*SMALL, f"storage.root={tmp_path}", "run=sockets", "meta.episodes=4"))
+    assert result.metrics["trainer"]["num_workers"] == WORKERS
+    assert len(watch.workers) == WORKERS and watch.listening  # it really watched the workers
+    assert any("RayTrainWorker" in who for who in watch.listening.values())
+    assert watch.beyond_loopback() == {}
+
+
 def test_corrupt_checkpoint_is_one_clear_error(ray_local, compose, tmp_path):
-    overrides = [*SMALL, f"storage.root={tmp_path}", "run=corrupt", "trainer.max_failures=0"]
+    """Deterministic: it fails at once, without the trainer.max_failures=2 group restarts."""
+    overrides = [*SMALL, f"storage.root={tmp_path}", "run=corrupt", "trainer.max_failures=2"]
     train_ray(compose(*overrides, "meta.episodes=2"))
     (tmp_path / "corrupt" / "checkpoint_000000002" / STATE_FILE).write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match=r"checkpoint_000000002: corrupt checkpoint") as err:
-        train_ray(compose(*overrides, "meta.episodes=4"))
+    with ProcessWatch() as watch:
+        with pytest.raises(UserError, match=r"checkpoint_000000002: corrupt checkpoint") as err:
+            train_ray(compose(*overrides, "meta.episodes=4"))
     assert "\n" not in str(err.value)
+    assert len(watch.workers) == WORKERS  # one worker group, no restart
+
+
+def test_worker_deaths_are_retried_and_user_errors_are_not(ray_local):
+    from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+    from ray.train.v2.api.config import FailureConfig
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from metaad_dist.train.ray_backend import UserErrorsFailFast
+
+    policy = UserErrorsFailFast(FailureConfig(max_failures=2))
+    died = WorkerGroupError("worker 1 died", {1: RuntimeError("actor died unexpectedly")})
+    assert policy.make_decision(died) == FailureDecision.RETRY
+    wrapped = RuntimeError("in the worker")
+    wrapped.__cause__ = ConfigError("meta.k_shot=2 but ...")
+    assert policy.make_decision(WorkerGroupError("bad", {0: wrapped})) == FailureDecision.RAISE
 
 
 def test_resume_with_another_worker_count_is_one_clear_error(ray_local, compose, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import threading
@@ -202,6 +203,10 @@ def s3_client(storage: StorageConfig):
     """A boto3 S3 client on the standard AWS credential chain with the configured endpoint."""
     import boto3
     from botocore.config import Config as BotoConfig
+
+    # botocore says at INFO where it found credentials ("Found credentials in environment
+    # variables."), once per process: in every Ray worker and sampler actor. Only noise here.
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
 
     config = BotoConfig(
         connect_timeout=float(storage.connect_timeout_s),

@@ -104,7 +104,7 @@ class SamplerPlan:
     uri: str = ""
     storage: object = None
     shard_paths: list[str] = field(default_factory=list)
-    shard_bytes: list[int] = field(default_factory=list)  # the manifest's sizes, one per shard_paths entry
+    shard_check: object = None  # data.manifest.ShardCheck: what a reader checks when it first opens a shard
     feature_names: list[str] = field(default_factory=list)
     scaler_state: dict = field(default_factory=dict)
     labeler_state: dict = field(default_factory=dict)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metaad_dist.config import DataConfig, MetaConfig, SamplerConfig, StorageConfig
-from metaad_dist.data.manifest import ROW_ID, SPLIT, family_shards
+from metaad_dist.data.manifest import ROW_ID, SPLIT, ShardCheck, family_shards
 from metaad_dist.data.prepared import PreparedSource
 from metaad_dist.data.roles import FamilyRoles
 from metaad_dist.data.scaling import FeatureScaler
@@ -62,14 +62,16 @@ class _Files:
 
     Each read opens its file afresh with the cached footer: a pre-buffering reader keeps the
     bytes of the last row group it read, so readers held open per shard would grow with the
-    number of shards an actor touches (that is, with the dataset).
+    number of shards an actor touches (that is, with the dataset). The first open of a shard in
+    this process checks it against the manifest (`ShardCheck`: size, sha256, columns, rows); the
+    sha256 is hashed from a bounded stream, since row groups are read out of order and some never.
     """
 
-    def __init__(self, uri: str, storage: StorageConfig, paths: list[str], sizes: Optional[list[int]] = None):
+    def __init__(self, uri: str, storage: StorageConfig, paths: list[str], check: ShardCheck):
         self.location = open_location(uri, storage, create_bucket=False)
         self.uri = uri
         self.paths = paths
-        self.sizes = sizes  # the manifest's byte counts, checked when a shard is first opened
+        self.check = check
         self.footers: dict[int, pq.FileMetaData] = {}
         self.counters = new_counters()
 
@@ -77,25 +79,26 @@ class _Files:
     def of(cls, source: PreparedSource, storage: StorageConfig) -> "_Files":
         manifest = source.manifest
         paths = [source.location.path(manifest["shard_root"], s["path"]) for s in manifest["shards"]]
-        return cls(source.uri, storage, paths, [int(s["bytes"]) for s in manifest["shards"]])
+        return cls(source.uri, storage, paths, source.check)
+
+    def where(self, shard: int) -> str:
+        return self.check.where(shard)
 
     def file(self, family: str, shard: int) -> pq.ParquetFile:
         footer = self.footers.get(shard)
         try:
-            with storage_errors(self.uri):
+            with storage_errors(self.where(shard)):
+                if footer is None and self.check.needs_hash(shard):
+                    with self.location.fs.open_input_stream(self.paths[shard]) as stream:
+                        self.check.hash_stream(shard, stream)
                 handle = self.location.fs.open_input_file(self.paths[shard])
-                if footer is None and self.sizes and handle.size() != self.sizes[shard]:
-                    raise DataError(
-                        f"{self.uri}: shard {self.paths[shard]} of family '{family}' has {handle.size()} bytes, not "
-                        f"{self.sizes[shard]}; the dataset is damaged, re-run metaad prepare"
-                    )
+                if footer is None:
+                    self.check.check_size(shard, handle.size())
                 pf = pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
         except FileNotFoundError:
-            raise DataError(
-                f"{self.uri}: shard {self.paths[shard]} of family '{family}' is missing; the dataset is damaged, "
-                "re-run metaad prepare"
-            ) from None
+            raise self.check.fail(shard, "is missing") from None
         if footer is None:
+            self.check.check_footer(shard, pf.metadata)
             self.footers[shard] = pf.metadata
             self.counters[family]["files_opened"] += 1
         return pf
@@ -109,7 +112,7 @@ class _Files:
     def read_ids(self, family: str, shard: int, row_group: int, with_split: bool):
         pf = self.file(family, shard)
         columns = [ROW_ID] + ([SPLIT] if with_split else [])
-        with storage_errors(self.uri):
+        with storage_errors(self.where(shard)):
             table = pf.read_row_group(row_group, columns=columns, use_threads=False)
         c = self.counters[family]
         c["row_groups_read"] += 1
@@ -247,7 +250,7 @@ def _budget_pool(source, files, family: str, given: Optional[np.ndarray], budget
         bounds = _row_group_range(pf, rg)
         if bounds is not None and not ((wanted >= bounds[0]) & (wanted <= bounds[1])).any():
             continue  # statistics say no budget row lies here: never fetched
-        with storage_errors(files.uri):
+        with storage_errors(files.where(shard)):
             table = pf.read_row_group(rg, columns=columns, use_threads=False)
         c = files.counters[family]
         c["row_groups_read"] += 1
@@ -318,7 +321,7 @@ def build_plan(
     roles = FamilyRoles.from_config(data, source.family_names())
     manifest = source.manifest
     files = _Files.of(source, storage)
-    paths, sizes = files.paths, files.sizes
+    paths = files.paths
     scaler = FeatureScaler.from_state_dict(scaler_state)
     labeler = ClassLabeler.from_state_dict(labeler_state)
     if labeler.num_normal_families != len(roles.normal):
@@ -359,7 +362,7 @@ def build_plan(
         uri=source.uri,
         storage=storage,
         shard_paths=paths,
-        shard_bytes=sizes,
+        shard_check=source.check,
         feature_names=list(source.feature_names),
         scaler_state=scaler_state,
         labeler_state=labeler_state,
@@ -401,7 +404,7 @@ class ShardReader:
 
     def __init__(self, plan: SamplerPlan):
         self.plan = plan
-        self.files = _Files(plan.uri, plan.storage, plan.shard_paths, plan.shard_bytes)
+        self.files = _Files(plan.uri, plan.storage, plan.shard_paths, plan.shard_check)
         self.scaler = FeatureScaler.from_state_dict(plan.scaler_state)
         self.labeler = ClassLabeler.from_state_dict(plan.labeler_state)
         self.columns = [ROW_ID] + list(plan.feature_names)
@@ -417,7 +420,7 @@ class ShardReader:
         c["row_groups_read"] += 1
         c["bytes_read"] += self.files.chunk_bytes(pf, rg, self.columns)
         position = int(layout.first_position[unit])
-        with storage_errors(self.files.uri):
+        with storage_errors(self.files.where(shard)):
             batches = pf.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg], columns=self.columns,
                                       use_threads=False)
             for batch in batches:

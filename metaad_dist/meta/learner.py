@@ -18,6 +18,7 @@ One process passes neither.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -61,7 +62,13 @@ class MetaLearner:
         self.outer_opt = make_optimizer(self.outer_params, cfg.outer_optimizer, "meta.outer_optimizer")
 
     def _tensor(self, a, dtype=torch.float32) -> torch.Tensor:
-        return torch.as_tensor(a, dtype=dtype, device=self.device)
+        if getattr(getattr(a, "flags", None), "writeable", True):
+            return torch.as_tensor(a, dtype=dtype, device=self.device)
+        # Episodes from Ray's object store are read-only views. The learner never writes to its
+        # inputs, so it shares them as they are, without torch's warning about it in every worker.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(a, dtype=dtype, device=self.device)
 
     def _apply(self, loss: torch.Tensor, params: list, opt: torch.optim.Optimizer, clip: float) -> None:
         self.model.zero_grad(set_to_none=True)

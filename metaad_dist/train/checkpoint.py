@@ -1,4 +1,4 @@
-"""Training checkpoints: one weights-only state file per Ray Train checkpoint.
+"""Training checkpoints: one weights-only state file per checkpoint, for both trainers.
 
 A checkpoint holds what a restarted run needs to continue exactly where it stopped: model and
 both optimizers, the optimizer steps (hence episodes) done, the number of workers (which fixes
@@ -6,7 +6,11 @@ the episode each worker takes at each step), the sampler's state, the metric his
 resolved config. Everything in it is tensors, numbers, strings, lists and dicts, so it loads
 with ``torch.load(weights_only=True)``: a checkpoint in storage can never execute code.
 
-Atomicity: the state file is written to a temporary name and renamed in the worker's local
+The local trainer writes the same state to ``<run>/checkpoint_<episodes>/state.pt`` in the run's
+storage (`LocalCheckpoints`), with the same atomic write as every other object, and resumes from
+the newest complete one; the Ray trainer lets Ray Train upload and register the same folders.
+
+Atomicity: for Ray Train the state file is written to a temporary name and renamed in the worker's local
 folder; Ray Train then uploads the folder and registers it as the latest checkpoint only after
 the upload finished, so a run killed mid-upload resumes from the previous complete checkpoint.
 A checkpoint that is registered but unreadable (truncated, overwritten, not ours) fails with
@@ -16,12 +20,16 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import warnings
+from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 
-from metaad_dist.errors import UserError, first_line
+from metaad_dist.data.storage import Location
+from metaad_dist.errors import ConfigError, UserError, first_line
 
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
@@ -33,6 +41,15 @@ def checkpoint_dir_name(episodes_done: int) -> str:
     return f"checkpoint_{episodes_done:09d}"
 
 
+CHECKPOINT_DIR = re.compile(r"checkpoint_(\d{9})")
+
+
+def state_bytes(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
+    return buf.getvalue()
+
+
 def write_state(state: dict, directory: str) -> str:
     """Write `state` as directory/state.pt via a temporary file and a rename; returns the path."""
     os.makedirs(directory, exist_ok=True)
@@ -40,7 +57,7 @@ def write_state(state: dict, directory: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.write(state_bytes(state))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -106,3 +123,130 @@ def load_checkpoint(checkpoint) -> dict:
     except OSError as exc:
         raise UserError(f"{where}: cannot read checkpoint: {first_line(exc)}") from None
     return read_state(data, where)
+
+
+def run_checkpoints(location: Location) -> list[tuple[int, str]]:
+    """(episodes, folder name) of the run's complete checkpoints (state.pt present), oldest first.
+    A folder without its state file (a write killed before its rename) does not count."""
+    found = [(int(m.group(1)), name) for name in location.list_children()
+             if (m := CHECKPOINT_DIR.fullmatch(name))]
+    return [(e, name) for e, name in sorted(found) if location.exists(name, STATE_FILE)]
+
+
+def sampler_state(cfg, source, next_episode: int) -> dict:
+    state: dict = {"kind": cfg.trainer.sampler, "next_episode": next_episode}
+    if hasattr(source, "state_dict"):
+        state["state"] = source.state_dict()
+    return state
+
+
+def changed_trajectory_setting(saved_yaml: Optional[str], cfg) -> Optional[tuple[str, object, object]]:
+    """(key, current, saved) of the first setting that would change what a resumed run trains
+    on (seed, data but its location, meta but the episode count, model), or None."""
+    if saved_yaml is None:
+        return None
+
+    def settings(c) -> dict:
+        c = OmegaConf.to_container(c, resolve=True)
+        data = {k: v for k, v in c.get("data", {}).items() if k != "path"}
+        meta = {k: v for k, v in c.get("meta", {}).items() if k != "episodes"}
+        return _flatten({"seed": c.get("seed"), "data": data, "meta": meta, "model": c.get("model", {})})
+
+    now, then = settings(cfg), settings(OmegaConf.create(saved_yaml))
+    for key in sorted(set(now) | set(then)):
+        if now.get(key) != then.get(key):
+            return key, now.get(key), then.get(key)
+    return None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def restore(state: dict, learner, source, cfg, world: int, steps: int, where: str):
+    """Load a checkpoint into the learner (and sampler); returns (step, history, seconds)."""
+    if state["num_workers"] != world:
+        raise ConfigError(
+            f"trainer.num_workers={world} but {where} was written with {state['num_workers']} workers "
+            "(the episode each worker takes depends on it); resume with the same value or use a new run name"
+        )
+    if state["step"] > steps:
+        raise ConfigError(
+            f"meta.episodes={cfg.meta.episodes} but {where} already holds {state['episodes_done']} episodes; "
+            "raise meta.episodes or use a new run name"
+        )
+    changed = changed_trajectory_setting(state.get("config"), cfg)
+    if changed is not None:
+        key, now, then = changed
+        raise ConfigError(
+            f"{key}={now} but {where} was written with {key}={then} (it changes the episodes or the model); "
+            "resume with the same setting or use a new run name"
+        )
+    if state["sampler"].get("kind") != cfg.trainer.sampler:
+        raise ConfigError(
+            f"trainer.sampler='{cfg.trainer.sampler}' but {where} was written with "
+            f"'{state['sampler'].get('kind')}'; resume with the same sampler or use a new run name"
+        )
+    try:
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{where} does not fit this config's model/meta settings ({first[:160]}); use a new run name"
+        ) from None
+    if "state" in state["sampler"] and hasattr(source, "load_state_dict"):
+        source.load_state_dict(state["sampler"]["state"])
+    return int(state["step"]), list(state["history"]), float(state.get("seconds", 0.0))
+
+
+class LocalCheckpoints:
+    """Checkpoint and resume for the single-process loop (train/local.py): the Ray path's state
+    format in the run's storage, every trainer.checkpoint_every episodes and at the end, the
+    newest trainer.keep_checkpoints kept. Kept apart from the loop so the loop can change freely."""
+
+    def __init__(self, cfg, location: Location):
+        self.cfg = cfg
+        self.location = location
+        self.every = int(cfg.trainer.checkpoint_every)
+        self.keep = max(1, int(cfg.trainer.keep_checkpoints))
+        if self.every < 0:
+            raise ConfigError(f"trainer.checkpoint_every={self.every}; expected 0 or more")
+
+    def latest(self) -> Optional[tuple[dict, str]]:
+        """The newest complete checkpoint's state and uri, or None."""
+        done = run_checkpoints(self.location)
+        if not done:
+            return None
+        name = done[-1][1]
+        where = self.location.uri_of(name)
+        return read_state(self.location.read_bytes(name, STATE_FILE), where), where
+
+    def resume(self, learner, sampler) -> tuple[int, list, float]:
+        """Load the newest checkpoint into learner and sampler: (episodes done, history, seconds)."""
+        found = self.latest()
+        if found is None:
+            return 0, [], 0.0
+        state, where = found
+        return restore(state, learner, sampler, self.cfg, 1, int(self.cfg.meta.episodes), where)
+
+    def due(self, done: int) -> bool:
+        return done == self.cfg.meta.episodes or (self.every > 0 and done % self.every == 0)
+
+    def save(self, learner, sampler, done: int, history: list, seconds: float) -> None:
+        state = {
+            "learner": learner.state_dict(),
+            "step": done,
+            "episodes_done": done,
+            "num_workers": 1,
+            "sampler": sampler_state(self.cfg, sampler, done),
+            "history": history,
+            "seconds": seconds,
+            "config": OmegaConf.to_yaml(self.cfg),
+        }
+        self.location.write_bytes_atomic(state_bytes(state), checkpoint_dir_name(done), STATE_FILE)
+        for _, old in run_checkpoints(self.location)[:-self.keep]:
+            self.location.delete(old)

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from metaad_dist.errors import ConfigError
-from metaad_dist.train.api import fit
-from metaad_dist.train.commands import WRITE_CHECK, run_location, run_name, save_trained_run
+from metaad_dist.train.commands import final_line, run_name, train_local_run
 
 TRAINERS = ("local", "ray")
 
@@ -15,17 +14,8 @@ def train_command(cfg) -> None:
         from metaad_dist.train.ray_trainer import train_ray
 
         result = train_ray(cfg)
-        metrics, location_uri = result.metrics, result.location_uri
+        metrics, location_uri, resumed_at = result.metrics, result.location_uri, result.resumed_at
     else:
-        location = run_location(cfg)
-        location.write_bytes_atomic(b"", WRITE_CHECK)  # an unwritable storage.root fails now, not after training
-        location.delete(WRITE_CHECK)
-        result = fit(cfg)
-        metrics = save_trained_run(cfg, location, result.trained, result.setup, result.history, result.seconds)
-        location_uri = location.uri
+        metrics, location_uri, resumed_at = train_local_run(cfg)
     if not cfg.quiet:
-        val = metrics["final"].get("val_auroc")
-        print(
-            f"saved run '{run_name(cfg)}' to {location_uri} ({cfg.meta.episodes} episodes in {metrics['seconds']:.1f}s"
-            + (f", validation AUROC {val:.3f})" if val is not None else ")")
-        )
+        print(final_line(run_name(cfg), location_uri, metrics, resumed_at))

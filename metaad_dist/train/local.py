@@ -1,4 +1,5 @@
-"""The single-process training loop: episodes -> MetaLearner.step, with progress and validation."""
+"""The single-process training loop: episodes -> MetaLearner.step, with progress, validation and
+(given a LocalCheckpoints) checkpoints that a rerun resumes from."""
 from __future__ import annotations
 
 import time
@@ -13,6 +14,7 @@ from metaad_dist.eval.metrics import detection_metrics
 from metaad_dist.meta.learner import MetaLearner
 from metaad_dist.model.networks import MetaADModel
 from metaad_dist.train.artifacts import TrainedModel
+from metaad_dist.train.checkpoint import LocalCheckpoints
 from metaad_dist.train.fusion import finish_training
 from metaad_dist.train.setup import TrainingSetup, configure_torch, prepare_training
 
@@ -22,7 +24,8 @@ class TrainResult:
     trained: TrainedModel
     setup: TrainingSetup
     history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time of the run, earlier processes' share included
+    resumed_at: int = 0  # episodes already done (from a checkpoint) when this process started
 
 
 @torch.no_grad()
@@ -46,20 +49,51 @@ def train_local(
     setup: Optional[TrainingSetup] = None,
     log: Callable[[str], None] = print,
     on_validation: Optional[Callable[[dict], None]] = None,
+    checkpoints: Optional[LocalCheckpoints] = None,
 ) -> TrainResult:
     """Train in this process. `outer=False` is the inner-loop-only ablation (one-class MSP).
 
     `on_validation(metrics)` is called after each validation (Ray Tune reports from it).
+    With `checkpoints` the loop resumes from the run's newest checkpoint and writes new ones.
     """
     setup = setup or prepare_training(cfg)
     if not cfg.quiet:
         log(setup.describe())
     start = time.perf_counter()
-    model, history = fit_network(cfg, setup, outer, log, on_validation)
+    progress = Progress()
+    model, history = fit_network(cfg, setup, outer, log, on_validation, checkpoints, progress)
     # The fusion choice re-enacts the method's own training; the inner-only ablation has none.
     finish_training(cfg, setup, model, fit_network_only if outer else None, log)
     trained = TrainedModel(model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
-    return TrainResult(trained, setup, history, time.perf_counter() - start)
+    seconds = progress.seconds_before + time.perf_counter() - start
+    return TrainResult(trained, setup, history, seconds, progress.resumed_at)
+
+
+@dataclass
+class Progress:
+    """Where a resumed loop started: the checkpoint's episode count and training seconds."""
+
+    resumed_at: int = 0
+    seconds_before: float = 0.0
+
+
+def resume_loop(checkpoints, learner: MetaLearner, sampler, progress: Progress, log) -> tuple[int, list[dict]]:
+    """(first episode, history so far): from the newest checkpoint, or (0, []) without one."""
+    if checkpoints is None:
+        return 0, []
+    start, history, progress.seconds_before = checkpoints.resume(learner, sampler)
+    progress.resumed_at = start
+    if start:
+        log(f"[local] resuming from {checkpoints.location.uri_of()} at episode {start}")
+    return start, history
+
+
+def checkpoint_loop(checkpoints, learner: MetaLearner, sampler, done: int, history: list, progress: Progress,
+                    started: float) -> None:
+    """Write a checkpoint when `done` episodes call for one (trainer.checkpoint_every, the end)."""
+    if checkpoints is not None and checkpoints.due(done):
+        seconds = progress.seconds_before + time.perf_counter() - started
+        checkpoints.save(learner, sampler, done, history, seconds)
 
 
 def fit_network(
@@ -68,14 +102,17 @@ def fit_network(
     outer: bool = True,
     log: Callable[[str], None] = print,
     on_validation: Optional[Callable[[dict], None]] = None,
+    checkpoints: Optional[LocalCheckpoints] = None,
+    progress: Optional[Progress] = None,
 ) -> tuple[MetaADModel, list[dict]]:
     """The episode loop: the network alone (normal memory not filled) and its metrics history."""
     device = configure_torch(cfg.trainer)
     learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, seed=cfg.seed)
-    history: list[dict] = []
+    progress = progress or Progress()
+    first, history = resume_loop(checkpoints, learner, setup.sampler, progress, log)
     start = time.perf_counter()
     label = "method" if outer else "inner-only"
-    for e in range(cfg.meta.episodes):
+    for e in range(first, cfg.meta.episodes):
         metrics = learner.step(setup.sampler.episode(e), outer=outer and e >= cfg.meta.warmup_episodes)
         done = e + 1
         if done % cfg.trainer.validate_every == 0 or done == cfg.meta.episodes:
@@ -84,8 +121,9 @@ def fit_network(
         history.append(metrics)
         if on_validation is not None and "val_auroc" in metrics:
             on_validation(metrics)
+        checkpoint_loop(checkpoints, learner, setup.sampler, done, history, progress, start)
         if not cfg.quiet and (done % cfg.trainer.log_every == 0 or done == cfg.meta.episodes):
-            rate = done / (time.perf_counter() - start)
+            rate = (done - first) / (time.perf_counter() - start)
             shown = " ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items()
                 if k in ("inner_loss", "outer_loss", "confidence_margin", "temperature", "val_auroc") and v is not None

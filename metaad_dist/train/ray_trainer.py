@@ -43,8 +43,15 @@ from metaad_dist.episodes.episode import Episode
 from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.meta.learner import MetaLearner
 from metaad_dist.train.artifacts import METRICS_FILE, TrainedModel
-from metaad_dist.train.checkpoint import checkpoint_dir_name, checkpoint_uri, load_checkpoint, save_checkpoint
-from metaad_dist.train.commands import run_location, run_name, save_trained_run
+from metaad_dist.train.checkpoint import (
+    checkpoint_dir_name,
+    checkpoint_uri,
+    load_checkpoint,
+    restore,
+    sampler_state,
+    save_checkpoint,
+)
+from metaad_dist.train.commands import RunFolder, run_location, run_name, save_trained_run
 from metaad_dist.train.fusion import finish_training
 from metaad_dist.train.local import fit_network_only, validation_auroc
 from metaad_dist.data.source import open_source
@@ -350,7 +357,7 @@ def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> 
             "name": "ray",
             "num_workers": world,
             "backend": backend(cfg),
-            "episodes_trained": steps * world,
+            "episodes_trained": trained,  # by this attempt; metrics["episodes"] is the run's total
             "resumed_at_episode": first_step * world,
             "loop_seconds": loop,
             "worker_setup_seconds": totals.get("setup_s"),  # entering the loop function to the first episode
@@ -364,76 +371,6 @@ def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> 
             "report_fraction": share("report_s"),
         },
     }
-
-
-def sampler_state(cfg, source: EpisodeSource, next_episode: int) -> dict:
-    state: dict = {"kind": cfg.trainer.sampler, "next_episode": next_episode}
-    if hasattr(source, "state_dict"):
-        state["state"] = source.state_dict()
-    return state
-
-
-def changed_trajectory_setting(saved_yaml: Optional[str], cfg) -> Optional[tuple[str, object, object]]:
-    """(key, current, saved) of the first setting that would change what a resumed run trains
-    on (seed, data but its location, meta but the episode count, model), or None."""
-    if saved_yaml is None:
-        return None
-
-    def settings(c) -> dict:
-        c = OmegaConf.to_container(c, resolve=True)
-        data = {k: v for k, v in c.get("data", {}).items() if k != "path"}
-        meta = {k: v for k, v in c.get("meta", {}).items() if k != "episodes"}
-        return _flatten({"seed": c.get("seed"), "data": data, "meta": meta, "model": c.get("model", {})})
-
-    now, then = settings(cfg), settings(OmegaConf.create(saved_yaml))
-    for key in sorted(set(now) | set(then)):
-        if now.get(key) != then.get(key):
-            return key, now.get(key), then.get(key)
-    return None
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def restore(state: dict, learner: MetaLearner, source: EpisodeSource, cfg, world: int, steps: int, where: str):
-    """Load a checkpoint into the learner (and sampler); returns (step, history, seconds)."""
-    if state["num_workers"] != world:
-        raise ConfigError(
-            f"trainer.num_workers={world} but {where} was written with {state['num_workers']} workers "
-            "(the episode each worker takes depends on it); resume with the same value or use a new run name"
-        )
-    if state["step"] > steps:
-        raise ConfigError(
-            f"meta.episodes={cfg.meta.episodes} but {where} already holds {state['episodes_done']} episodes; "
-            "raise meta.episodes or use a new run name"
-        )
-    changed = changed_trajectory_setting(state.get("config"), cfg)
-    if changed is not None:
-        key, now, then = changed
-        raise ConfigError(
-            f"{key}={now} but {where} was written with {key}={then} (it changes the episodes or the model); "
-            "resume with the same setting or use a new run name"
-        )
-    if state["sampler"].get("kind") != cfg.trainer.sampler:
-        raise ConfigError(
-            f"trainer.sampler='{cfg.trainer.sampler}' but {where} was written with "
-            f"'{state['sampler'].get('kind')}'; resume with the same sampler or use a new run name"
-        )
-    try:
-        learner.load_state_dict(state["learner"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"{where} does not fit this config's model/meta settings ({first[:160]}); use a new run name"
-        ) from None
-    if "state" in state["sampler"] and hasattr(source, "load_state_dict"):
-        source.load_state_dict(state["sampler"]["state"])
-    return int(state["step"]), list(state["history"]), float(state.get("seconds", 0.0))
 
 
 # --------------------------------------------------------------------------- the driver
@@ -530,6 +467,8 @@ def ensure_ray() -> bool:
     """Connect to RAY_ADDRESS, or start a local instance on 127.0.0.1; True if started here."""
     import ray
 
+    if not sys.stdout.isatty():  # Ray colours the worker-log prefixes it prints unless told not to:
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # log files and job logs get no ANSI codes
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
@@ -538,20 +477,34 @@ def ensure_ray() -> bool:
         # (loopback only: metaad_dist/__init__.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported)
         # One machine has no preemptible nodes; the watcher would only log a harmless error.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        quiet_default_token_warning()
         ray.init(_node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
     return True
 
 
+class _DefaultTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster.")
+
+
+def quiet_default_token_warning() -> None:
+    """Ray 2.60 warns on every local start that it enabled token auth by default: it tells the
+    user of a loopback-only instance nothing, so it is dropped (the warning that auth is
+    *disabled* still shows)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DefaultTokenNotice) for f in logger.filters):
+        logger.addFilter(_DefaultTokenNotice())
+
+
 def failure_error(exc: BaseException, name: str) -> UserError:
     """One line for a failed fit: the first UserError behind it (same class), else the last line of the cause."""
+    from metaad_dist.train.ray_backend import user_error_in
+
     failures = [f for f in [*getattr(exc, "worker_failures", {}).values(), getattr(exc, "controller_failure", None)] if f]
     for failure in [*failures, exc]:
-        cur, seen = failure, set()
-        while cur is not None and id(cur) not in seen:
-            seen.add(id(cur))
-            if isinstance(cur, UserError):
-                return type(cur)(f"training run '{name}' failed: {cur}")
-            cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+        cause = user_error_in(failure)
+        if cause is not None:
+            return type(cause)(f"training run '{name}' failed: {cause}")
     first = failures[0] if failures else exc
     lines = [line.strip() for line in str(first).splitlines() if line.strip()]
     return UserError(f"training run '{name}' failed: {lines[-1] if lines else type(first).__name__}")
@@ -561,6 +514,7 @@ def failure_error(exc: BaseException, name: str) -> UserError:
 class RayTrainResult:
     location_uri: str
     metrics: dict
+    resumed_at: int = 0  # episodes of the newest checkpoint when this command started
 
 
 def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
@@ -571,30 +525,34 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.exceptions import TrainingFailedError
 
+    from metaad_dist.train.ray_backend import BoundTorchConfig, MetaadTorchTrainer
+
     check_settings(cfg)
-    location = run_location(cfg)  # S3: endpoint, credentials and bucket checked here, one line each
-    if not location.is_s3:
+    folder = RunFolder(cfg)  # S3: endpoint, credentials and bucket checked here, one line each
+    folder.check()  # writable, and a finished run is not replaced without overwrite=true
+    location = folder.location
+    storage_path, filesystem = ray_storage(location)
+    if not location.is_s3:  # Ray Train creates the run folder inside it when training starts
         with storage_errors(location.uri):
-            location.fs.create_dir(location.base, recursive=True)
+            location.fs.create_dir(storage_path, recursive=True)
     fault = os.environ.get(FAULT_ENV)
     fault_plan(fault)
     started = ensure_ray()
     try:
         check_cluster(cfg)
-        storage_path, filesystem = ray_storage(location)
+        folder.start()
         os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_DEFAULT_S)
         t = cfg.trainer
         setup, pool = shared_streaming_setup(cfg)
-        trainer = TorchTrainer(
+        trainer = MetaadTorchTrainer(
             train_worker,
             train_loop_config={
                 "cfg": OmegaConf.to_container(cfg, resolve=True), "fault": fault, "aws": AwsSecrets.from_environ(),
                 "setup": setup.for_workers() if setup is not None else None, "pool": pool,
             },
-            torch_config=TorchConfig(backend=backend(cfg)),
+            torch_config=BoundTorchConfig(backend=backend(cfg)),  # rendezvous on the group's address only
             scaling_config=ScalingConfig(
                 num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
             ),
@@ -602,6 +560,7 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
                 name=run_name(cfg),
                 storage_path=storage_path,
                 storage_filesystem=filesystem,
+                # worker deaths are retried; a UserError fails at once (ray_backend.UserErrorsFailFast)
                 failure_config=FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
                 worker_runtime_env={"env_vars": settings_env()},
@@ -617,8 +576,11 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
         finally:
             if pool is not None:
                 pool.shutdown()
+    except BaseException:
+        folder.discard_if_empty()
+        raise
     finally:
         if started:
             ray.shutdown()
     metrics = json.loads(location.read_bytes(METRICS_FILE))
-    return RayTrainResult(location.uri, metrics)
+    return RayTrainResult(location.uri, metrics, folder.resumed_at)
