@@ -41,6 +41,11 @@ class SourceConfig:
     csv_block_size: int = 8 << 20  # bytes per streamed CSV block
     compression: str = "snappy"  # Parquet codec of the shards: snappy | zstd | gzip | lz4 | none
     overwrite: bool = False  # replace an existing prepared dataset at the destination
+    # Reading and encoding in Ray tasks (data/parallel_read.py): auto | ray | serial. auto uses Ray
+    # when the inputs total at least parallel_min_bytes; a plain CSV is split into byte ranges.
+    parallel: str = "auto"
+    parallel_min_bytes: int = 64 << 20
+    parallel_block_bytes: int = 16 << 20  # bytes of CSV per task
 
 
 @dataclass
