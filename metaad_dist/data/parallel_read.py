@@ -60,14 +60,15 @@ class _PartFailed(Exception):
 
 
 def user_error_behind(exc: BaseException) -> Optional[UserError]:
-    """The first UserError behind a Ray failure (Ray wraps a task's exception in its own)."""
-    cur, seen = exc, set()
+    """The innermost UserError behind a Ray failure. Ray wraps a task's exception in a RayTaskError
+    that is also an instance of the cause's class but whose text is a traceback: hence innermost."""
+    found, cur, seen = None, exc, set()
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, UserError):
-            return cur
+            found = cur
         cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
-    return None
+    return found
 
 
 def _splittable(raw: RawFile, src: SourceConfig) -> bool:
@@ -146,19 +147,22 @@ def encode_part(part: Part, batch_encoder, src, storage, names, types, aws: Opti
     return out
 
 
-def part_categories(part: Part, src, storage, names, categorical: list[str], aws: Optional[AwsSecrets] = None):
-    """{column: set of values} of one part (checked against max_categories here too: bounded memory)."""
+def part_categories(part: Part, src, storage, names, categorical: list[str], aws: Optional[AwsSecrets] = None,
+                    line_base: int = 0):
+    """({column: set of values}, rows) of one part (checked against max_categories here too: bounded memory)."""
     from metaad_dist.data.prepare import check_category_count
 
     if aws is not None:
         aws.install()
     seen: dict[str, set] = {c: set() for c in categorical}
     types = {c: pa.string() for c in categorical}
-    for batch in part_batches(part, src, storage, names, types):
+    rows = 0
+    for batch in part_batches(part, src, storage, names, types, line_base):
+        rows += batch.num_rows
         for column in categorical:
             seen[column].update(pc.unique(batch.column(column)).to_pylist())
             check_category_count(column, seen[column], src, part.raw)
-    return seen
+    return seen, rows
 
 
 class ParallelRead:
@@ -225,14 +229,22 @@ class ParallelRead:
             return {}
         seen: dict[str, set] = {c: set() for c in plan.categorical}
         train = [p for p in self.parts if p.raw.split == "train"]
+        rows_before: dict[str, int] = {}
         try:
-            for part, found in self._in_order(_categories_task, train, self.src, self.storage, plan.names,
-                                              plan.categorical):
+            for part, (found, rows) in self._in_order(_categories_task, train, self.src, self.storage, plan.names,
+                                                      plan.categorical):
+                rows_before[part.raw.uri] = rows_before.get(part.raw.uri, 0) + rows
                 for column, values in found.items():
                     seen[column] |= values
                     check_category_count(column, seen[column], self.src, part.raw)
         except _PartFailed as failed:
-            raise (user_error_behind(failed.cause) or failed.cause) from None
+            cause = user_error_behind(failed.cause)
+            if cause is None:
+                raise failed.cause from None
+            part = failed.part
+            part_categories(part, self.src, self.storage, plan.names[part.raw.uri], plan.categorical, None,
+                            self._line_base(part, rows_before.get(part.raw.uri, 0)))
+            raise cause from None
         return {c: sorted(v for v in seen[c] if v is not None) for c in plan.categorical}
 
     def encoded(self, plan, batch_encoder) -> Iterator:
@@ -258,10 +270,13 @@ class ParallelRead:
 
     def _rerun_here(self, part: Part, plan, batch_encoder, file_row: int) -> None:
         """Re-encode a failed part in this process knowing its first row: raises the exact error."""
-        header = 1 if (self.src.has_header and part.raw.kind == "csv") else 0
-        line_base = 0 if part.start == 0 else file_row + header
         encode_part(part, batch_encoder, self.src, self.storage, plan.names[part.raw.uri], plan.types,
-                    None, file_row, line_base)
+                    None, file_row, self._line_base(part, file_row))
+
+    def _line_base(self, part: Part, file_row: int) -> int:
+        """Lines of the file before a byte range (its header and data rows; blank lines not counted)."""
+        header = 1 if (self.src.has_header and part.raw.kind == "csv") else 0
+        return 0 if part.start == 0 else file_row + header
 
 
 def _encode_task(part, batch_encoder, src, storage, names, types, aws):

@@ -18,6 +18,7 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from metaad_dist.data.parallel_read import user_error_behind
 from metaad_dist.errors import DataError, UserError
 from metaad_dist.eval.scoring import PATH_COLUMN, first_error, read_types, score_table
 
@@ -76,17 +77,6 @@ class _PartNames(FilenameProvider):
         return self.output.part_name(f"{write_uuid}-{task_index:06d}")
 
 
-def _data_error(exc: BaseException) -> Optional[DataError]:
-    """The first DataError behind a Ray Data failure (Ray wraps the actor's exception)."""
-    cur, seen = exc, set()
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, DataError):
-            return cur
-        cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
-    return None
-
-
 def score_with_ray(cfg, source, files, out, trained, payload) -> None:
     """Score `files` (under the Location `source`) into the ScoreOutput `out` with Ray Data."""
     import ray
@@ -121,7 +111,7 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
                                  int(cfg.trainer.torch_threads)),
             batch_format="pyarrow",
             batch_size=cfg.score.batch_rows,
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus,
             num_gpus=1 if device.startswith("cuda") else None,
         )
@@ -141,12 +131,12 @@ def _device(cfg):
 
 
 def _one_line_failure(exc, files, fs, trained, encoder, batch_rows) -> UserError:
-    cause = _data_error(exc)
+    cause = user_error_behind(exc)
     named = [f for f in files if cause is not None and f.path in getattr(cause, "paths", ())]
     found = first_error(named or files, fs, trained, encoder, batch_rows)
     if found is not None:
         return found
     if cause is not None:
-        return DataError(str(cause))
+        return type(cause)(str(cause))
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return UserError(f"scoring failed: {lines[-1] if lines else type(exc).__name__}")
