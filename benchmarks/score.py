@@ -101,13 +101,13 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    import ray
-
-    from metaad_dist.cli import compose_config, main as metaad
+    from metaad_dist.cli import compose_config, main as metaad  # first: it makes a local Ray bind 127.0.0.1
     from metaad_dist.data.storage import open_location
     from metaad_dist.eval.scoring import list_inputs, score_command, score_in_process
     from metaad_dist.train.artifacts import load_run
     from metaad_dist.train.setup import configure_torch
+
+    import ray
 
     work = Path(tempfile.mkdtemp(prefix="metaad-bench-score-"))
     try:
