@@ -200,6 +200,7 @@ def iter_file(f: InputFile, fs: pafs.FileSystem, types: dict, batch_rows: int) -
         match = _CSV_CONVERSION.search(text)
         if match:
             column, line, value = int(match.group(1)), match.group(2), match.group(3)
+            names = names or _csv_header(f, fs)  # the error can come from open_csv's first block
             name = names[column] if column < len(names) else f"#{column}"
             raise DataError(
                 f"{f.uri}: line {line}: column '{name}' is not numeric (value {value!r}); "
@@ -209,6 +210,13 @@ def iter_file(f: InputFile, fs: pafs.FileSystem, types: dict, batch_rows: int) -
         if match:
             raise DataError(f"{f.uri}: line {match.group(1)}: cannot parse ({first_line(exc)})") from None
         raise DataError(f"{f.uri}: cannot parse ({first_line(exc)})") from None
+
+
+def _csv_header(f: InputFile, fs) -> list[str]:
+    with contextlib.suppress(pa.ArrowInvalid, OSError), fs.open_input_stream(f.path, compression=f.compression) as s:
+        line = s.read(1 << 20).split(b"\n", 1)[0].rstrip(b"\r")
+        return pacsv.read_csv(pa.BufferReader(line + b"\n")).column_names
+    return []
 
 
 def first_error(files: list[InputFile], fs, trained, encoder, batch_rows: int) -> Optional[DataError]:
