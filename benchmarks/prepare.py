@@ -5,10 +5,13 @@ Rows/s of `metaad prepare` (UNSW-NB15 config: 3 one-hot categoricals, 190 float3
   - a local folder, and
   - a real S3-compatible server on 127.0.0.1 (SeaweedFS, tests/s3_server.py),
 against pyarrow.csv.read_csv of the same file (the ceiling: parse only, multithreaded, no
-encoding, no writes). Also the read side: PreparedSource.read of every family, local and S3,
-against pyarrow.dataset reading the same local shards, with the sha256 check of each shard
-against the manifest (storage.verify_checksums, on by default; every repeat is a first open,
-so every shard is hashed) and without it.
+encoding, no writes), and the parallel path (data.source.parallel=ray: Ray tasks per CSV byte
+range, on a warm local Ray instance) into a local folder; ceiling, serial and parallel are
+interleaved, best of --repeats, and the parallel manifest's shards must equal the serial ones.
+Also the read side: PreparedSource.read of every family, local and S3, against pyarrow.dataset
+reading the same local shards, with the sha256 check of each shard against the manifest
+(storage.verify_checksums, on by default; every repeat is a first open, so every shard is
+hashed) and without it.
 
 The input is the shared UNSW-NB15 CSV repeated --scale times (82,332 rows each).
 
@@ -90,15 +93,36 @@ def main() -> int:
     try:
         csv = build_input(workdir, args.scale)
         size = csv.stat().st_size
-        cfg = compose_config(["data=unsw_nb15", f"data.source.train_files=[{csv}]", "data.source.overwrite=true"])
+        cfg = compose_config(["data=unsw_nb15", f"data.source.train_files=[{csv}]", "data.source.overwrite=true",
+                              "data.source.parallel=serial"])
 
-        ceiling_s, table = best_of(args.repeats, lambda: pacsv.read_csv(csv))
-        rows = table.num_rows
-        del table
+        serial_cfg = compose_config(["data=unsw_nb15", f"data.source.train_files=[{csv}]", "data.source.overwrite=true",
+                                     "data.source.parallel=serial"])
+        parallel_cfg = compose_config(["data=unsw_nb15", f"data.source.train_files=[{csv}]",
+                                       "data.source.overwrite=true", "data.source.parallel=ray"])
+        import ray
 
-        local_dir = workdir / "local"
-        local_s, manifest = best_of(args.repeats, lambda: prepare_dataset(cfg.data, str(local_dir), StorageConfig()))
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        local_dir, parallel_dir = workdir / "local", workdir / "parallel"
+        runs = {
+            "ceiling": lambda: pacsv.read_csv(csv).num_rows,
+            "local": lambda: prepare_dataset(serial_cfg.data, str(local_dir), StorageConfig()),
+            "parallel": lambda: prepare_dataset(parallel_cfg.data, str(parallel_dir), StorageConfig()),
+        }
+        timings: dict[str, list[float]] = {name: [] for name in runs}
+        results_of = {}
+        for r in range(args.repeats + 1):  # round 0 warms Ray's workers and the page cache
+            for name, fn in runs.items():
+                started = time.perf_counter()
+                results_of[name] = fn()
+                if r:
+                    timings[name].append(time.perf_counter() - started)
+        ray.shutdown()
+        ceiling_s, local_s, parallel_s = (min(timings[n]) for n in ("ceiling", "local", "parallel"))
+        rows, manifest = results_of["ceiling"], results_of["local"]
         assert manifest["rows"] == rows, (manifest["rows"], rows)
+        assert [x["sha256"] for x in results_of["parallel"]["shards"]] == [x["sha256"] for x in manifest["shards"]]
 
         server = SeaweedS3().start()
         os.environ.update(server.env())
@@ -132,7 +156,7 @@ def main() -> int:
     results = {
         "benchmark": "prepare",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__,
+        "machine": {"cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0], "python": platform.python_version(), "pyarrow": pa.__version__,
                     "platform": platform.platform()},
         "input": {"dataset": "unsw_nb15", "scale": args.scale, "rows": rows, "csv_bytes": size,
                   "features": len(manifest["features"]), "families": len(families),
@@ -142,10 +166,13 @@ def main() -> int:
         "prepare": {
             "pyarrow_csv_read_rows_per_s": rate(ceiling_s),
             "local_rows_per_s": rate(local_s),
+            "parallel_rows_per_s": rate(parallel_s),
             "s3_rows_per_s": rate(s3_s),
+            "parallel_vs_single": local_s / parallel_s,
+            "parallel_vs_ceiling": ceiling_s / parallel_s,
             "local_vs_ceiling": ceiling_s / local_s,
             "s3_vs_ceiling": ceiling_s / s3_s,
-            "seconds": {"pyarrow_csv_read": ceiling_s, "local": local_s, "s3": s3_s},
+            "seconds": {"pyarrow_csv_read": ceiling_s, "local": local_s, "parallel": parallel_s, "s3": s3_s},
         },
         "read": {
             "pyarrow_dataset_local_rows_per_s": rate(read_ceiling_s),
@@ -168,6 +195,7 @@ def main() -> int:
     lines = [
         ("pyarrow.csv.read_csv (ceiling)", ceiling_s, 1.0),
         ("metaad prepare -> local folder", local_s, ceiling_s / local_s),
+        ("metaad prepare, Ray tasks -> local folder", parallel_s, ceiling_s / parallel_s),
         ("metaad prepare -> S3 (SeaweedFS, 127.0.0.1)", s3_s, ceiling_s / s3_s),
         ("pyarrow.dataset read of the shards (ceiling)", read_ceiling_s, 1.0),
         ("PreparedSource.read <- local folder", read_local_s, read_ceiling_s / read_local_s),

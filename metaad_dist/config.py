@@ -43,6 +43,11 @@ class SourceConfig:
     csv_block_size: int = 8 << 20  # bytes per streamed CSV block
     compression: str = "snappy"  # Parquet codec of the shards: snappy | zstd | gzip | lz4 | none
     overwrite: bool = False  # replace an existing prepared dataset at the destination
+    # Reading and encoding in Ray tasks (data/parallel_read.py): auto | ray | serial. auto uses Ray
+    # when the inputs total at least parallel_min_bytes; a plain CSV is split into byte ranges.
+    parallel: str = "auto"
+    parallel_min_bytes: int = 64 << 20
+    parallel_block_bytes: int = 16 << 20  # bytes of CSV per task
 
 
 @dataclass
@@ -264,6 +269,19 @@ class SamplerConfig:
 
 
 @dataclass
+class ScoreConfig:
+    """`metaad score` at scale (eval/score_ray.py): Ray Data actors score a folder or prefix."""
+
+    concurrency: int = 0  # scoring actors (each loads the model once); 0: one per CPU of the Ray cluster
+    # CPUs reserved per actor: below 1 leaves room for the read and write tasks (all CPUs taken by
+    # actors would starve them).
+    cpus_per_actor: float = 0.5
+    batch_rows: int = 65536  # rows per scored batch (bounds each actor's memory)
+    # A single input file up to this size is scored in this process, without starting Ray.
+    in_process_max_bytes: int = 64 << 20
+
+
+@dataclass
 class SearchParam:
     """One dimension of a sweep: a dotted config key and how to draw its value."""
 
@@ -302,11 +320,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     seed: int = 0
     run: Optional[str] = None  # run name under storage.root; default <data.name>-seed<seed>
     overwrite: bool = False  # train: replace a finished run of the same name (an unfinished one resumes)
-    output: Optional[str] = None  # prepare: destination folder; score: output file
-    input: Optional[str] = None  # score: table to score
+    output: Optional[str] = None  # prepare: destination folder; score: output folder (or one .parquet file)
+    input: Optional[str] = None  # score: a table, or a folder / s3:// prefix of CSV and Parquet files
     quiet: bool = False
 
 

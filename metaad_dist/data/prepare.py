@@ -19,7 +19,8 @@ import os
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 from urllib.parse import quote
 
 import numpy as np
@@ -232,6 +233,15 @@ class _RunningStats:
             self.min[j] = min(self.min[j], values.min())
             self.max[j] = max(self.max[j], values.max())
 
+    def merge(self, other: Optional["_RunningStats"]) -> None:
+        if other is None or other.count == 0:
+            return
+        self.count += other.count
+        self.sum += other.sum
+        self.sumsq += other.sumsq
+        np.minimum(self.min, other.min, out=self.min)
+        np.maximum(self.max, other.max, out=self.max)
+
     def to_json(self) -> dict[str, Any]:
         if self.count == 0:
             return {"count": 0}
@@ -254,7 +264,7 @@ def _check_source(src: SourceConfig) -> None:
         raise ConfigError(f"data.source.nonfinite_policy='{src.nonfinite_policy}'; expected one of {list(NONFINITE_POLICIES)}")
     if src.compression not in COMPRESSIONS:
         raise ConfigError(f"data.source.compression='{src.compression}'; expected one of {list(COMPRESSIONS)}")
-    for key in ("row_group_size", "rows_per_shard", "csv_block_size", "max_categories"):
+    for key in ("row_group_size", "rows_per_shard", "csv_block_size", "max_categories", "parallel_block_bytes"):
         if getattr(src, key) < 1:
             raise ConfigError(f"data.source.{key}={getattr(src, key)}; expected a positive integer")
     if src.rows_per_shard < src.row_group_size:
@@ -335,13 +345,17 @@ def _learn_categories(plan: _Plan, src: SourceConfig, storage: StorageConfig) ->
         for batch in iter_batches(raw, src, storage, plan.names[raw.uri], types, src.row_group_size):
             for column in plan.categorical:
                 seen[column].update(pc.unique(batch.column(column)).to_pylist())
-                if len(seen[column]) > src.max_categories:
-                    raise DataError(
-                        f"data.source.categorical_columns: column '{column}' has more than "
-                        f"data.source.max_categories={src.max_categories} distinct values in {raw.uri}; "
-                        "is it an id column (drop it) or should categorical_encoding be index?"
-                    )
+                check_category_count(column, seen[column], src, raw)
     return {c: sorted(v for v in seen[c] if v is not None) for c in plan.categorical}
+
+
+def check_category_count(column: str, values: set, src: SourceConfig, raw: RawFile) -> None:
+    if len(values) > src.max_categories:
+        raise DataError(
+            f"data.source.categorical_columns: column '{column}' has more than "
+            f"data.source.max_categories={src.max_categories} distinct values in {raw.uri}; "
+            "is it an id column (drop it) or should categorical_encoding be index?"
+        )
 
 
 # --------------------------------------------------------------------------- the prepare
@@ -402,9 +416,11 @@ def prepare_dataset(data: DataConfig, output: str, storage: StorageConfig) -> di
     label_map = load_label_map(label_map_uri, src, storage) if label_map_uri else None
     plan = _Plan(inputs, src, storage)
     dest = _open_destination(output, src, storage)
-    categories = _learn_categories(plan, src, storage)
+    parallel = _parallel_parts(inputs, src, storage)
+    categories = parallel.categories(plan) if parallel else _learn_categories(plan, src, storage)
     encoder = FeatureEncoder(plan.feature_columns, categories, src.categorical_encoding)
     families = _Families(src, label_map, label_map_uri)
+    batch_encoder = BatchEncoder(data, encoder, families, bool(src.test_files), label_map is not None)
 
     def batches():
         for raw in inputs:
@@ -427,7 +443,26 @@ def prepare_dataset(data: DataConfig, output: str, storage: StorageConfig) -> di
         "nonfinite_policy": src.nonfinite_policy,
         "label_strip_suffix": src.label_strip_suffix,
     }
-    return _write_dataset(data, dest, encoder, families, batches(), bool(src.test_files), label_map is not None, source_info)
+    encoded = parallel.encoded(plan, batch_encoder) if parallel else serial_encoded(batch_encoder, batches())
+    return _write_dataset(data, dest, batch_encoder, encoded, source_info)
+
+
+PARALLEL_MODES = ("auto", "ray", "serial")
+
+
+def _parallel_parts(inputs: list[RawFile], src: SourceConfig, storage: StorageConfig):
+    """A ParallelRead over the inputs when data.source.parallel asks for one (auto: inputs of at
+    least data.source.parallel_min_bytes, where Ray's start-up pays for itself), else None."""
+    if src.parallel not in PARALLEL_MODES:
+        raise ConfigError(f"data.source.parallel='{src.parallel}'; expected one of {list(PARALLEL_MODES)}")
+    if src.parallel == "serial":
+        return None
+    from metaad_dist.data.parallel_read import ParallelRead
+
+    reader = ParallelRead(inputs, src, storage)
+    if src.parallel == "auto" and reader.total_bytes < src.parallel_min_bytes:
+        return None
+    return reader
 
 
 def _full(uri: str) -> str:
@@ -455,7 +490,8 @@ def _prepare_builtin(data: DataConfig, output: str, storage: StorageConfig) -> d
             yield raw, pa.RecordBatch.from_pydict(columns)
 
     source_info = {"builtin": name, "family_column": family_column}
-    return _write_dataset(data, dest, encoder, families, batches(), False, False, source_info)
+    batch_encoder = BatchEncoder(data, encoder, families, False, False)
+    return _write_dataset(data, dest, batch_encoder, serial_encoded(batch_encoder, batches()), source_info)
 
 
 def _open_destination(output: str, src: SourceConfig, storage: StorageConfig) -> Location:
@@ -468,73 +504,116 @@ def _open_destination(output: str, src: SourceConfig, storage: StorageConfig) ->
     return dest
 
 
-def _write_dataset(data, dest, encoder, families, batches, has_split, keep_raw_label, source_info) -> dict[str, Any]:
+@dataclass
+class EncodedBatch:
+    """One raw batch, encoded: what the shard writer needs, and all it needs (picklable, so Ray
+    tasks can produce it; see data/parallel_read.py)."""
+
+    split: str
+    rows: int  # data rows read, kept or not: row ids advance by this much
+    table: pa.Table  # kept rows grouped by family; row ids 0..rows-1 relative to this batch
+    families: list[str]  # family of each group, in table order
+    seen: np.ndarray  # rows per family read
+    kept: np.ndarray  # rows per family kept (finite)
+    stats: Optional[_RunningStats]  # of this batch's training rows of normal families
+    unseen: dict[str, int]  # test rows with categories unseen in the train files
+
+
+class BatchEncoder:
+    """Raw record batch -> EncodedBatch: family resolution, feature encoding, finiteness, grouping."""
+
+    def __init__(self, data: DataConfig, encoder: FeatureEncoder, families: "_Families", has_split: bool,
+                 keep_raw_label: bool):
+        self.encoder, self.families = encoder, families
+        self.has_split, self.keep_raw_label = has_split, keep_raw_label
+        self.family_column = families.src.family_column
+        self.nonfinite_policy = data.source.nonfinite_policy
+        self.normal = set(str(f) for f in data.normal)
+        fields = [pa.field(ROW_ID, pa.int64())]
+        if has_split:
+            fields.append(pa.field(SPLIT, pa.string()))
+        if keep_raw_label:
+            fields.append(pa.field(RAW_LABEL, pa.string()))
+        fields += [pa.field(name, pa.float32()) for name in encoder.feature_names]
+        self.schema = pa.schema(fields)
+
+    def encode(self, raw: RawFile, batch: pa.RecordBatch, file_row: int) -> EncodedBatch:
+        """`file_row`: 0-based data row of the batch's first row in its file (for error messages)."""
+        n = batch.num_rows
+        codes, labels, names = self.families.resolve(batch.column(self.family_column), raw, file_row)
+        columns, unseen = self.encoder.encode(batch)
+        finite = np.ones(n, dtype=bool)
+        for column in columns:
+            finite &= np.isfinite(column)
+        if not finite.all() and self.nonfinite_policy == "fail":
+            _fail_nonfinite(raw, columns, self.encoder, finite, file_row)
+        arrays: list[pa.Array] = [pa.array(np.arange(n, dtype=np.int64))]
+        if self.has_split:
+            arrays.append(pa.array(np.full(n, raw.split, dtype=object), pa.string()))
+        if self.keep_raw_label:
+            arrays.append(pa.array(labels[codes], pa.string()))
+        arrays += [pa.array(c) for c in columns]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        unique_names = sorted(set(names))
+        name_index = {name: i for i, name in enumerate(unique_names)}
+        family_of_label = np.asarray([name_index[name] for name in names], dtype=np.int64)
+        family_codes = family_of_label[codes]
+        seen = np.bincount(family_codes, minlength=len(unique_names))
+        kept_rows = np.flatnonzero(finite)
+        kept_codes = family_codes[kept_rows]
+        kept = np.bincount(kept_codes, minlength=len(unique_names))
+        # One gather per batch puts each family's rows together; the per-family parts are slices.
+        grouped = table.take(pa.array(kept_rows[np.argsort(kept_codes, kind="stable")]))
+        stats = None
+        if raw.split == "train":
+            for i, family in enumerate(unique_names):
+                if kept[i] and family in self.normal:
+                    stats = stats or _RunningStats(len(self.encoder.feature_names))
+                    stats.update(columns, finite & (family_codes == i))
+        return EncodedBatch(raw.split, n, grouped, unique_names, seen, kept, stats,
+                            unseen if raw.split == "test" else {})
+
+
+def serial_encoded(batch_encoder: BatchEncoder, batches) -> Iterator[EncodedBatch]:
+    """(raw, batch) pairs encoded in this process, in order."""
+    current, file_row = None, 0
+    for raw, batch in batches:
+        if raw is not current:
+            current, file_row = raw, 0
+        if batch.num_rows:
+            yield batch_encoder.encode(raw, batch, file_row)
+            file_row += batch.num_rows
+
+
+def _write_dataset(data, dest, batch_encoder: BatchEncoder, encoded, source_info) -> dict[str, Any]:
+    """Write EncodedBatches (in row order) as shards, then the manifest that commits them."""
     src = data.source
     started = time.perf_counter()
-    fields = [pa.field(ROW_ID, pa.int64())]
-    if has_split:
-        fields.append(pa.field(SPLIT, pa.string()))
-    if keep_raw_label:
-        fields.append(pa.field(RAW_LABEL, pa.string()))
-    fields += [pa.field(name, pa.float32()) for name in encoder.feature_names]
-    schema = pa.schema(fields)
+    encoder, has_split, keep_raw_label = batch_encoder.encoder, batch_encoder.has_split, batch_encoder.keep_raw_label
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     shard_root = f"{SHARD_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
-    writer = ShardSetWriter(dest.child(shard_root), schema, src)
-    normal = set(str(f) for f in data.normal)
+    writer = ShardSetWriter(dest.child(shard_root), batch_encoder.schema, src)
+    normal = batch_encoder.normal
     stats = _RunningStats(len(encoder.feature_names))
     counts: dict[str, dict[str, int]] = {}
     unseen_total: dict[str, int] = {}
     next_row = 0
-    current, file_start = None, 0
     try:
-        for raw, batch in batches:
-            n = batch.num_rows
-            if raw is not current:
-                current, file_start = raw, next_row
-            if n == 0:
-                continue
-            file_row = next_row - file_start  # 0-based data row of this batch's first row in its file
-            codes, labels, names = families.resolve(batch.column(src.family_column), raw, file_row)
-            columns, unseen = encoder.encode(batch)
-            if raw.split == "test":
-                for column, k in unseen.items():
-                    unseen_total[column] = unseen_total.get(column, 0) + k
-            finite = np.ones(n, dtype=bool)
-            for column in columns:
-                finite &= np.isfinite(column)
-            if not finite.all() and src.nonfinite_policy == "fail":
-                _fail_nonfinite(raw, columns, encoder, finite, file_row)
-            row_ids = np.arange(next_row, next_row + n, dtype=np.int64)
-            next_row += n
-            arrays: list[pa.Array] = [pa.array(row_ids)]
-            if has_split:
-                arrays.append(pa.array(np.full(n, raw.split, dtype=object), pa.string()))
-            if keep_raw_label:
-                arrays.append(pa.array(labels[codes], pa.string()))
-            arrays += [pa.array(c) for c in columns]
-            table = pa.Table.from_arrays(arrays, schema=schema)
-            unique_names = sorted(set(names))
-            name_index = {name: i for i, name in enumerate(unique_names)}
-            family_of_label = np.asarray([name_index[name] for name in names], dtype=np.int64)
-            family_codes = family_of_label[codes]
-            seen = np.bincount(family_codes, minlength=len(unique_names))
-            kept_rows = np.flatnonzero(finite)
-            kept_codes = family_codes[kept_rows]
-            kept = np.bincount(kept_codes, minlength=len(unique_names))
-            # One gather per batch puts each family's rows together; the per-family parts are slices.
-            grouped = table.take(pa.array(kept_rows[np.argsort(kept_codes, kind="stable")]))
-            bounds = np.concatenate([[0], np.cumsum(kept)])
-            for i, family in enumerate(unique_names):
+        for part in encoded:
+            table = part.table.set_column(0, ROW_ID, pc.add(part.table.column(0), pa.scalar(next_row, pa.int64())))
+            next_row += part.rows
+            for column, k in part.unseen.items():
+                unseen_total[column] = unseen_total.get(column, 0) + k
+            stats.merge(part.stats)
+            bounds = np.concatenate([[0], np.cumsum(part.kept)])
+            for i, family in enumerate(part.families):
                 entry = counts.setdefault(family, {"seen": 0, "rows": 0, "train_rows": 0, "test_rows": 0, "dropped_nonfinite": 0})
-                entry["seen"] += int(seen[i])
-                entry["rows"] += int(kept[i])
-                entry[f"{raw.split}_rows"] += int(kept[i])
-                entry["dropped_nonfinite"] += int(seen[i] - kept[i])
-                if kept[i]:
-                    writer.append(family, grouped.slice(int(bounds[i]), int(kept[i])))
-                    if family in normal and raw.split == "train":
-                        stats.update(columns, finite & (family_codes == i))
+                entry["seen"] += int(part.seen[i])
+                entry["rows"] += int(part.kept[i])
+                entry[f"{part.split}_rows"] += int(part.kept[i])
+                entry["dropped_nonfinite"] += int(part.seen[i] - part.kept[i])
+                if part.kept[i]:
+                    writer.append(family, table.slice(int(bounds[i]), int(part.kept[i])))
         if not counts:
             raise DataError(f"dataset '{data.name}': the inputs hold no data rows")
         for family, entry in sorted(counts.items()):

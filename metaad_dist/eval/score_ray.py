@@ -1,0 +1,142 @@
+"""`metaad score` on Ray Data: read a folder or prefix in parallel, score on an actor pool, write parts.
+
+read_csv / read_parquet (one read task per file, blocks streamed) -> map_batches(_Scorer) on
+score.concurrency actors, each holding the model once (fetched from the object store, not
+re-read from storage) -> write_parquet into the output folder under this job's part names. The
+streaming executor keeps a bounded number of blocks in flight, so memory does not grow with the
+input. The caller (scoring.score_command) commits the parts with the marker afterwards.
+
+Runs on the local Ray instance (127.0.0.1) or, with RAY_ADDRESS set or inside a Ray Job, on the
+cluster. A failed batch surfaces as one line: the inputs it came from (or, for a read error,
+all inputs) are re-read here without the model to name the first bad file and row.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from metaad_dist.data.parallel_read import user_error_behind
+from metaad_dist.errors import DataError, UserError
+from metaad_dist.eval.scoring import PATH_COLUMN, first_error, read_types, score_table
+
+from ray.data.datasource import FilenameProvider
+
+
+class _BatchError(DataError):
+    """A DataError raised in a scoring actor, with the input paths of its batch (for the driver)."""
+
+    def __init__(self, message: str, paths: list[str]):
+        super().__init__(message, paths)
+        self.message, self.paths = message, paths
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Scorer:
+    """One per actor: the model is fetched once, then every batch is scored with it."""
+
+    def __init__(self, model_ref: list, threshold: float, encoder: Optional[dict], device: str, torch_threads: int):
+        import ray
+        import torch
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        self.trained = ray.get(model_ref[0])
+        self.threshold, self.encoder, self.device = threshold, encoder, torch.device(device)
+        self.warned: set[str] = set()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        paths = sorted(set(batch.column(PATH_COLUMN).to_pylist())) if PATH_COLUMN in batch.column_names else []
+        table = batch.drop_columns([PATH_COLUMN]) if paths else batch
+        where = ", ".join(paths) or "input"
+        try:
+            scored, unseen = score_table(table, self.trained, self.threshold, where, self.encoder, self.device)
+        except DataError as exc:
+            raise _BatchError(str(exc), paths) from None
+        for column, rows in unseen.items():
+            if column not in self.warned:  # once per actor, not once per batch
+                self.warned.add(column)
+                print(f"warning: {where}: column '{column}' has a category unseen in training in {rows} of "
+                      f"{table.num_rows} rows of a batch (encoded as unknown; later batches not reported)",
+                      file=sys.stderr)
+        return scored
+
+
+class _PartNames(FilenameProvider):
+    """part-<job>-<write uuid>-<task>.parquet: the names ScoreOutput.commit recognises as this job's."""
+
+    def __init__(self, output):
+        super().__init__(file_format="parquet")
+        self.output = output
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return self.output.part_name(f"{write_uuid}-{task_index:06d}")
+
+
+def score_with_ray(cfg, source, files, out, trained, payload) -> None:
+    """Score `files` (under the Location `source`) into the ScoreOutput `out` with Ray Data."""
+    import ray
+    import ray.data
+
+    from metaad_dist.train.ray_trainer import ensure_ray, ray_storage
+
+    started = ensure_ray()
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = not cfg.quiet
+        in_fs, out_fs = ray_storage(source)[1], ray_storage(out.location)[1]
+        encoder = payload.get("encoder")
+        parts = []
+        csv = [f.path for f in files if f.kind == "csv"]
+        if csv:
+            parts.append(ray.data.read_csv(
+                csv, filesystem=in_fs, include_paths=True,
+                read_options=pacsv.ReadOptions(use_threads=False),
+                convert_options=pacsv.ConvertOptions(column_types=read_types(trained, encoder)),
+            ))
+        parquet = [f.path for f in files if f.kind == "parquet"]
+        if parquet:
+            parts.append(ray.data.read_parquet(parquet, filesystem=in_fs, include_paths=True, file_extensions=None))
+        ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        cpus = float(cfg.score.cpus_per_actor)
+        actors = cfg.score.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        device = str(_device(cfg))
+        ds = ds.map_batches(
+            _Scorer,
+            fn_constructor_args=([ray.put(trained)], float(payload["threshold"]), encoder, device,
+                                 int(cfg.trainer.torch_threads)),
+            batch_format="pyarrow",
+            batch_size=cfg.score.batch_rows,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus,
+            num_gpus=1 if device.startswith("cuda") else None,
+        )
+        try:
+            ds.write_parquet(out.location.base, filesystem=out_fs, filename_provider=_PartNames(out))
+        except Exception as exc:  # noqa: BLE001 - any failure of the job becomes one line below
+            raise _one_line_failure(exc, files, source.fs, trained, encoder, cfg.score.batch_rows) from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _device(cfg):
+    from metaad_dist.train.setup import resolve_device
+
+    return resolve_device(cfg.trainer.device)
+
+
+def _one_line_failure(exc, files, fs, trained, encoder, batch_rows) -> UserError:
+    cause = user_error_behind(exc)
+    named = [f for f in files if cause is not None and f.path in getattr(cause, "paths", ())]
+    found = first_error(named or files, fs, trained, encoder, batch_rows)
+    if found is not None:
+        return found
+    if cause is not None:
+        return type(cause)(str(cause))
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return UserError(f"scoring failed: {lines[-1] if lines else type(exc).__name__}")
