@@ -16,12 +16,21 @@ from metaad_dist.errors import ConfigError, one_line
 
 
 @dataclass
+class FamilyRule:
+    """Family of a file's rows taken from the file name and row range (data.source.family_rules)."""
+
+    match: str = ""  # regular expression searched in the file's name (not its folder)
+    family: str = ""  # the family; \1 or \g<name> take groups of `match`
+    rows: list[int] = field(default_factory=list)  # [start, stop): 0-based data rows; [] = every row
+
+
+@dataclass
 class SourceConfig:
     """How `metaad prepare` turns raw tables into Parquet shards (METHOD.md section 2)."""
 
     train_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)
-    format: str = "auto"  # auto | csv | parquet | npz (csv covers .csv.gz and a zip holding one csv)
+    format: str = "auto"  # auto | csv | parquet | npz | whitespace (csv covers .csv.gz and a zip holding one csv)
     has_header: bool = True
     column_names: list[str] = field(default_factory=list)  # for headerless CSVs
     encoding: str = "utf-8-sig"  # utf-8-sig also strips a BOM (UNSW-NB15)
@@ -48,6 +57,12 @@ class SourceConfig:
     parallel: str = "auto"
     parallel_min_bytes: int = 64 << 20
     parallel_block_bytes: int = 16 << 20  # bytes of CSV per task
+    # format=whitespace (headerless numbers split by runs of blanks): files whose name matches one
+    # of these regular expressions are stored transposed (a row per column); read whole, transposed.
+    transpose_files: list[str] = field(default_factory=list)
+    # Families from file names and row ranges instead of a column (first matching rule wins); the
+    # reader adds them as column `family_column`, so every row must be covered.
+    family_rules: list[FamilyRule] = field(default_factory=list)
 
 
 @dataclass

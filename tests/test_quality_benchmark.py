@@ -37,8 +37,8 @@ def test_quick_run_writes_report_with_summary_schema(quality, tmp_path, capsys):
     assert set(summary) == {"digits"} and set(summary["digits"]) == {"5"}
     assert set(summary["digits"]["5"]) == set(quality.ALL_METHODS)  # the method itself is "metaad"
     for method, metrics in summary["digits"]["5"].items():
-        assert set(metrics) == {"auroc", "aupr"}
-        assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["aupr"] <= 1.0
+        assert set(metrics) == {"auroc", "aupr", "fit_s"}
+        assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["aupr"] <= 1.0 and metrics["fit_s"] > 0
     assert set(report["per_fold"]["digits"]["5"]["metaad"]) == {"8", "9"}
     assert report["scaler"] == "quantile" and report["quick"] is True
     assert "QUICK" in md and "| metaad |" in md and "Scaler: **quantile**" in md
@@ -54,6 +54,11 @@ def test_quick_run_writes_report_with_summary_schema(quality, tmp_path, capsys):
     assert choice["candidates"] == fusion_candidates(ModelConfig()) and len(choice["aurocs"]) == len(choice["candidates"])
     assert choice["families"] and cell["fold"] not in choice["families"]
     assert all(len(a) == len(choice["families"]) for a in choice["aurocs"])
+    # ... and the report counts those choices per dataset and budget (two cells: folds 8 and 9).
+    fusion = report["fusion_weights"]["digits"]
+    assert fusion["candidates"] == choice["candidates"] and sum(fusion["chosen"]["5"].values()) == 2
+    assert {(c["fold"], c["seed"]) for c in fusion["cells"]} == {("8", 0), ("9", 0)}
+    assert "## digits: fusion weights the method chose" in md
 
     # Resumable: a second run finds every cell in the cache and reports the same numbers.
     assert quality.main(quick_args(tmp_path)) == 0
@@ -69,11 +74,41 @@ def test_quick_run_writes_report_with_summary_schema(quality, tmp_path, capsys):
     assert both == {m: summary["digits"]["5"][m] for m in ("isolation_forest", "devnet")}
 
 
+def test_merge_carries_over_what_this_run_lacks(quality, tmp_path, capsys):
+    assert quality.main(quick_args(tmp_path, "--methods", "isolation_forest", "--folds", "8")) == 0
+    args = quick_args(tmp_path, "--methods", "isolation_forest", "devnet", "--folds", "8")
+    earlier = tmp_path / "earlier.json"
+    entry = {"auroc": 0.5, "aupr": 0.25, "fpr95": 0.9, "auroc_std": 0.0, "aupr_std": 0.0, "fpr95_std": 0.0, "folds": 1, "of_folds": 1, "complete": True, "seeds": 3,
+             "fit_seconds_per_cell": 7.0}
+    earlier.write_text(json.dumps({
+        "commit": "abc1234", "command": "python benchmarks/quality.py ...",
+        "overall": {"digits": {"5": {"devnet": entry, "isolation_forest": {**entry, "auroc": 0.01}}}},
+        "per_fold": {"digits": {"5": {"devnet": {"8": entry}, "isolation_forest": {"8": entry}}}},
+    }))
+    assert quality.main([*args, "--cached-only", "--merge", str(earlier)]) == 0
+    report = json.loads((tmp_path / "out" / "quality.json").read_text())
+    summary = report["summary"]["digits"]["5"]
+    assert summary["devnet"] == {"auroc": 0.5, "aupr": 0.25, "fit_s": 7.0}  # carried: this run has no devnet cell
+    assert summary["isolation_forest"]["auroc"] != 0.01  # computed here: the earlier entry does not replace it
+    assert report["carried_over"]["entries"] == {"digits": {"5": ["devnet"]}}
+    assert "| devnet (carried over) |" in (tmp_path / "out" / "quality.md").read_text()
+
+
+def test_tep_reports_the_mean_without_faults_3_9_15(quality):
+    records = [{"dataset": "tep", "budget": 10, "method": "gbdt", "fold": fold, "seed": 0, "auroc": auroc,
+                "aupr": auroc, "fpr95": 0.0, "fit_seconds": 1.0} for fold, auroc in (("fault1", 0.9), ("fault3", 0.5))]
+    overall = quality.aggregate(records, {"tep": ["fault1", "fault3"]}, ["gbdt"], [10])["overall"]["tep"]["10"]["gbdt"]
+    assert overall["auroc"] == pytest.approx(0.7) and overall["without_3_9_15"]["auroc"] == pytest.approx(0.9)
+    assert overall["without_3_9_15"]["folds"] == 1
+
+
 def test_user_mistakes_are_one_line_errors(quality, tmp_path, capsys):
     assert quality.main(quick_args(tmp_path, "--methods", "lof")) == 2
     assert "unknown method 'lof'" in capsys.readouterr().err
     assert quality.main(quick_args(tmp_path, "--scaler", "robust")) == 2
     assert "--scaler='robust'" in capsys.readouterr().err
+    assert quality.main(quick_args(tmp_path, "--merge", str(tmp_path / "none.json"))) == 2
+    assert "--merge" in capsys.readouterr().err
 
 
 def test_family_names_are_quoted_for_hydra(quality):

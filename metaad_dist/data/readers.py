@@ -1,9 +1,13 @@
-"""Streaming readers for raw input tables: CSV, CSV.gz, a zip holding one CSV, Parquet, NPZ.
+"""Streaming readers for raw input tables: CSV, CSV.gz, a zip holding one CSV, Parquet, NPZ, and
+headerless whitespace-separated numbers (``format: whitespace``, e.g. the Tennessee Eastman files).
 
 Every reader yields Arrow record batches of a bounded size with the requested columns cast to
 the requested types, from a local path or s3:// (same storage layer as everything else).
 Parse problems become one-line DataErrors that name the file, the column and the value.
-NPZ is the exception to streaming: numpy loads an archive member whole.
+NPZ is the exception to streaming: numpy loads an archive member whole; so is a whitespace file
+stored transposed (``data.source.transpose_files``). Where a table has no family column,
+``data.source.family_rules`` derive each row's family from its file name and row range, and the
+reader adds that column, so the rest of `metaad prepare` sees an ordinary family column.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from metaad_dist.config import SourceConfig, StorageConfig
 from metaad_dist.data.storage import Location, open_location, storage_errors
 from metaad_dist.errors import ConfigError, DataError
 
-FORMATS = ("auto", "csv", "parquet", "npz")
+FORMATS = ("auto", "csv", "parquet", "npz", "whitespace")
 CSV_SUFFIXES = (".csv", ".txt", ".data", ".tsv")
 HASH_CHUNK = 8 << 20
 PEEK_BLOCK = 1 << 20
@@ -43,8 +47,8 @@ class RawFile:
     key: str  # config key naming it, e.g. data.source.train_files[0]
     uri: str  # local path or s3://bucket/key, as configured
     split: str  # "train" or "test"
-    kind: str  # csv | zip | parquet | npz
-    compression: Optional[str]  # gzip for .gz CSVs
+    kind: str  # csv | zip | parquet | npz | whitespace
+    compression: Optional[str]  # gzip for .gz CSVs and whitespace files
 
 
 def _short(text: str) -> str:
@@ -60,6 +64,8 @@ def detect_kind(uri: str, fmt: str, key: str) -> tuple[str, Optional[str]]:
     stem = name[:-3] if gz else name
     if name.endswith(".zip"):
         return "zip", None
+    if fmt == "whitespace":
+        return "whitespace", "gzip" if gz else None
     if fmt == "csv" or (fmt == "auto" and (stem.endswith(CSV_SUFFIXES) or gz)):
         return "csv", "gzip" if gz else None
     if fmt == "parquet" or (fmt == "auto" and stem.endswith((".parquet", ".pq"))):
@@ -124,7 +130,7 @@ class _Opened:
                         f"{raw.key}: {raw.uri}: expected a zip holding one CSV, found {len(members)} files"
                     )
                 self.stream = archive.open(members[0])
-            elif raw.kind == "csv":
+            elif raw.kind in ("csv", "whitespace"):
                 self.stream = location.fs.open_input_stream(path, compression=raw.compression)
             else:
                 self.stream = location.fs.open_input_file(path)
@@ -167,7 +173,35 @@ def _csv_read_options(src: SourceConfig, block_size: int, names: Optional[list[s
 
 
 def column_names(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> list[str]:
-    """The columns of a raw file, before any dropping or renaming."""
+    """The columns of a raw file, before any dropping or renaming (with family_rules, the family
+    column the reader adds comes last)."""
+    names = _file_column_names(raw, src, storage)
+    if not src.family_rules:
+        return names
+    family_rules(src)  # malformed rules fail here, before anything is written
+    if src.family_column in names:
+        raise ConfigError(
+            f"data.source.family_rules: {raw.uri} already has a column '{src.family_column}' "
+            "(data.source.family_column); leave family_rules empty to read families from it"
+        )
+    return names + [src.family_column]
+
+
+def _file_column_names(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> list[str]:
+    if raw.kind == "whitespace":
+        width = _whitespace_width(raw, src, storage)
+        if not src.column_names:
+            return [f"x{j}" for j in range(width)]
+        if len(src.column_names) != width:
+            raise DataError(
+                f"{raw.key}: {raw.uri}: {width} columns{' (after transposing)' if _transposed(raw, src) else ''}, "
+                f"but data.source.column_names has {len(src.column_names)} names"
+            )
+        return list(src.column_names)
+    if _transposed(raw, src):
+        raise ConfigError(
+            f"data.source.transpose_files matches {raw.uri}; only data.source.format=whitespace files can be transposed"
+        )
     if raw.kind in ("csv", "zip"):
         if not src.has_header:
             if not src.column_names:
@@ -248,11 +282,27 @@ def iter_batches(
     """Stream the columns in `types` (in file order) from one raw file, cast to those types."""
     include = [n for n in names if n in types]
     with _damaged(raw):
-        yield from _iter_kind(raw, src, storage, names, include, types, batch_rows)
+        if not src.family_rules:
+            yield from _iter_kind(raw, src, storage, names, include, types, batch_rows)
+            return
+        # The family column is the reader's (last in `names`): read the rest, then add it.
+        family = src.family_column
+        file_names, file_include = names[:-1], [n for n in include if n != family]
+        labeler = _RowFamilies(raw, family_rules(src)) if family in types else None
+        first = 0
+        for batch in _iter_kind(raw, src, storage, file_names, file_include, types, batch_rows):
+            if labeler is not None:
+                batch = pa.RecordBatch.from_arrays(
+                    [*batch.columns, labeler.families(first, batch.num_rows)], names=[*batch.schema.names, family]
+                )
+            first += batch.num_rows
+            yield batch
 
 
 def _iter_kind(raw, src, storage, names, include, types, batch_rows) -> Iterator[pa.RecordBatch]:
-    if raw.kind in ("csv", "zip"):
+    if raw.kind == "whitespace":
+        yield from _iter_whitespace(raw, src, storage, names, include, types, batch_rows)
+    elif raw.kind in ("csv", "zip"):
         yield from _iter_csv(raw, src, storage, names, include, types)
     elif raw.kind == "parquet":
         opened = _Opened(raw, storage)
@@ -301,6 +351,176 @@ def _iter_csv(raw, src, storage, names, include, types) -> Iterator[pa.RecordBat
         raise DataError(f"{raw.key}: {raw.uri}: cannot read CSV ({_first_line(exc)})") from None
     finally:
         opened.close()
+
+
+# --------------------------------------------------------------------------- whitespace files
+
+
+def _transposed(raw: RawFile, src: SourceConfig) -> bool:
+    name = posixpath.basename(raw.uri)
+    for i, pattern in enumerate(src.transpose_files):
+        if _compile(pattern, f"data.source.transpose_files[{i}]").search(name):
+            return True
+    return False
+
+
+def _compile(pattern: str, key: str) -> "re.Pattern[str]":
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{key}={pattern!r}; expected a non-empty regular expression")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{key}={pattern!r}: not a regular expression ({exc})") from None
+
+
+def _whitespace_lines(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> Iterator[tuple[int, list[bytes]]]:
+    """(1-based line number of the first, non-blank lines) per block of about csv_block_size bytes."""
+    opened = _Opened(raw, storage)
+    try:
+        rest, line_no = b"", 1
+        while True:
+            chunk = opened.stream.read(src.csv_block_size)
+            data = rest + chunk
+            cut = len(data) if not chunk else data.rfind(b"\n") + 1
+            block, rest = data[:cut], data[cut:]
+            lines = block.split(b"\n")
+            if lines and not lines[-1]:
+                lines.pop()
+            numbered = [(line_no + i, line) for i, line in enumerate(lines) if line.strip()]
+            line_no += len(lines)
+            if numbered:
+                yield numbered
+            if not chunk:
+                return
+    finally:
+        opened.close()
+
+
+def _parse_whitespace(raw: RawFile, numbered: list, width: Optional[int]) -> np.ndarray:
+    """float64 rows of one block; ragged rows and non-numbers are one line naming the line."""
+    tokens = [line.split() for _, line in numbered]
+    width = len(tokens[0]) if width is None else width
+    for (line_no, line), row in zip(numbered, tokens):
+        if len(row) != width:
+            raise DataError(
+                f"{raw.key}: {raw.uri}: ragged row at line {line_no}: expected {width} fields, got {len(row)}: "
+                f"{_short(line.decode(errors='replace'))!r}"
+            )
+    try:
+        return np.array([t for row in tokens for t in row]).astype(np.float64).reshape(len(tokens), width)
+    except ValueError:
+        for (line_no, _), row in zip(numbered, tokens):
+            for value in row:
+                try:
+                    float(value)
+                except ValueError:
+                    raise DataError(
+                        f"{raw.key}: {raw.uri}: line {line_no} holds {_short(value.decode(errors='replace'))!r} "
+                        "where a number is expected (format=whitespace files hold numbers only)"
+                    ) from None
+        raise
+
+
+def _whitespace_matrix(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> np.ndarray:
+    """A whole whitespace file as stored (transposed files cannot stream)."""
+    parts, width = [], None
+    for numbered in _whitespace_lines(raw, src, storage):
+        parts.append(_parse_whitespace(raw, numbered, width))
+        width = parts[0].shape[1]
+    if not parts:
+        raise DataError(f"{raw.key}: {raw.uri}: empty file, expected rows of numbers")
+    return np.concatenate(parts)
+
+
+def _whitespace_width(raw: RawFile, src: SourceConfig, storage: StorageConfig) -> int:
+    with _damaged(raw):
+        if _transposed(raw, src):
+            return len(_whitespace_matrix(raw, src, storage))
+        for numbered in _whitespace_lines(raw, src, storage):
+            return len(numbered[0][1].split())
+    raise DataError(f"{raw.key}: {raw.uri}: empty file, expected rows of numbers")
+
+
+def _iter_whitespace(raw, src, storage, names, include, types, batch_rows) -> Iterator[pa.RecordBatch]:
+    if _transposed(raw, src):
+        blocks: Iterator[np.ndarray] = iter([_whitespace_matrix(raw, src, storage).T])
+    else:
+        blocks = (_parse_whitespace(raw, numbered, len(names)) for numbered in _whitespace_lines(raw, src, storage))
+    wanted = [(j, n) for j, n in enumerate(names) if n in types]
+    for x in blocks:
+        for start in range(0, len(x), batch_rows):
+            part = x[start:start + batch_rows]
+            batch = pa.RecordBatch.from_arrays([pa.array(part[:, j]) for j, _ in wanted], names=[n for _, n in wanted])
+            yield cast_batch(batch, types, raw)
+
+
+# --------------------------------------------------------------------------- family rules
+
+
+@dataclass(frozen=True)
+class _Rule:
+    pattern: "re.Pattern[str]"
+    family: str
+    start: int
+    stop: Optional[int]  # None: to the end of the file
+    key: str
+
+
+def family_rules(src: SourceConfig) -> list[_Rule]:
+    """data.source.family_rules, checked: one-line ConfigErrors naming the rule's key."""
+    rules = []
+    for i, rule in enumerate(src.family_rules):
+        key = f"data.source.family_rules[{i}]"
+        pattern = _compile(rule.match, f"{key}.match")
+        if not str(rule.family).strip():
+            raise ConfigError(f"{key}.family is empty; expected the family of the rows this rule covers")
+        rows = list(rule.rows)
+        if rows and not (len(rows) == 2 and 0 <= rows[0] < rows[1]):
+            raise ConfigError(f"{key}.rows={rows}; expected [] (every row) or [start, stop) with 0 <= start < stop")
+        try:
+            _check_template(pattern, rule.family)
+        except (re.error, IndexError) as exc:
+            raise ConfigError(f"{key}.family={rule.family!r}: {exc} (groups of {key}.match={rule.match!r})") from None
+        rules.append(_Rule(pattern, rule.family, rows[0] if rows else 0, rows[1] if rows else None, key))
+    return rules
+
+
+def _check_template(pattern: "re.Pattern[str]", template: str) -> None:
+    """A group reference (\\N, \\g<N>, \\g<name>) that `pattern` lacks, as re.error, before any file is read."""
+    for ref in re.finditer(r"\\(\d+)|\\g<(\w+)>", template):
+        group = ref.group(1) or ref.group(2)
+        known = int(group) <= pattern.groups if group.isdigit() else group in pattern.groupindex
+        if not known:
+            raise re.error(f"no group {group!r} in the pattern")
+
+
+class _RowFamilies:
+    """The family of each row of one file under the rules whose `match` its name matches."""
+
+    def __init__(self, raw: RawFile, rules: list[_Rule]):
+        name = posixpath.basename(raw.uri)
+        self.raw = raw
+        self.rules = []
+        for rule in rules:
+            found = rule.pattern.search(name)
+            if found is not None:
+                self.rules.append((rule, found.expand(rule.family).strip()))
+
+    def families(self, first: int, n: int) -> pa.Array:
+        """Families of data rows first .. first + n - 1 (0-based within the file)."""
+        rows = np.arange(first, first + n)
+        out = np.full(n, None, dtype=object)
+        for rule, family in self.rules:
+            hit = (out == None) & (rows >= rule.start) & (rows < (rule.stop if rule.stop is not None else first + n))  # noqa: E711
+            out[hit] = family
+        if n and (out == None).any():  # noqa: E711
+            row = int(rows[np.flatnonzero(out == None)[0]])  # noqa: E711
+            covering = ", ".join(r.key for r, _ in self.rules) or "none"
+            raise DataError(
+                f"{self.raw.key}: {self.raw.uri}: data row {row} (0-based) is covered by no data.source.family_rules "
+                f"entry (rules matching this file name: {covering})"
+            )
+        return pa.array(out.tolist(), pa.string())
 
 
 def cast_batch(batch: pa.RecordBatch, types: dict[str, pa.DataType], raw: RawFile) -> pa.RecordBatch:

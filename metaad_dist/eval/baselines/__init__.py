@@ -16,7 +16,12 @@ supervised_mlp     normal rows + budget anomalies              plain classifier,
 deep_sad           normal rows + budget anomalies              Ruff et al., ICLR 2020
 devnet             normal rows + budget anomalies              Pang et al., KDD 2019
 prenet             normal rows + budget anomalies              Pang et al., KDD 2023
+oc_ensemble        normal rows (IsolationForest + kNN)         Liu et al. 2008; Ramaswamy et al. 2000
+gbdt               normal rows + budget anomalies (XGBoost)    Chen & Guestrin, KDD 2016
+xgbod              normal rows + budget anomalies              Zhao & Hryniewicki, IJCNN 2018
 =================  ==========================================  ===========================
+
+gbdt and xgbod need the ``bench`` extra (xgboost, pyod); oc_ensemble only scikit-learn.
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ from metaad_dist.errors import ConfigError
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # scaled features -> anomaly scores (higher = more anomalous)
 
-BASELINES = ["inner_only", "isolation_forest", "deep_svdd", "supervised_mlp", "deep_sad", "devnet", "prenet"]
+BASELINES = [
+    "inner_only", "isolation_forest", "deep_svdd", "supervised_mlp", "deep_sad", "devnet", "prenet",
+    "oc_ensemble", "gbdt", "xgbod",
+]
 
 
 def fit_baseline(name: str, cfg, setup) -> Scorer:
@@ -43,6 +51,15 @@ def fit_baseline(name: str, cfg, setup) -> Scorer:
         from metaad_dist.eval.baselines.inner_only import fit_inner_only
 
         return fit_inner_only(cfg, setup)
+    if name == "oc_ensemble":
+        from metaad_dist.eval.baselines.oc_ensemble import fit_oc_ensemble
+
+        return fit_oc_ensemble(setup.sampler.normal_x, setup.val_normal_x, cfg.seed)
+    if name in ("gbdt", "xgbod"):
+        from metaad_dist.eval.baselines.gbdt import fit_gbdt
+        from metaad_dist.eval.baselines.xgbod import fit_xgbod
+
+        return (fit_gbdt if name == "gbdt" else fit_xgbod)(setup.sampler.normal_x, setup.sampler.budget_x, cfg.seed)
 
     from metaad_dist.train.setup import resolve_device
 
