@@ -62,6 +62,7 @@ def test_a_value_beyond_float32_is_one_line_saying_so_without_numpy_warnings(enc
 
 
 def test_nan_and_missing_values_are_named_too():
-    for values, why in [([1.0, float("nan")], "column 'bytes': nan)"), ([1.0, None], "column 'bytes': missing)")]:
+    for values, why in [([1.0, float("nan")], "data row 2: feature 'bytes' is nan ("),
+                        ([1.0, None], "data row 2: feature 'bytes' is missing (")]:
         with pytest.raises(DataError, match=re.escape(why)):
             score_table(pa.table({"bytes": values}), trained(["bytes"]), 1.0, "new.csv")

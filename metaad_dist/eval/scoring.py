@@ -96,7 +96,7 @@ def checked_features(table: pa.Table, trained, encoder: dict | None, where: str,
         if isinstance(raw, (int, float)) and math.isfinite(raw):
             why = f"{raw:g}, beyond the float32 range of features (|x| <= {FLOAT32_MAX:.4g})"
         else:
-            why = f"{x[i, int(columns[0])]}" if raw is None or isinstance(raw, float) else f"{raw}"
+            why = "missing" if raw is None and name in table.column_names else f"{x[i, int(columns[0])]}"
         raise DataError(
             f"{where}: data row {first_row + i + 1}: feature '{name}' is {why} ({len(np.unique(rows))} of {len(x)} "
             "rows have NaN, infinite, missing or beyond-float32 values); clean or drop such rows first"
