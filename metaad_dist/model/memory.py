@@ -20,6 +20,7 @@ does not have (no forest, no autoencoder) gives no evidence, whatever its weight
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -75,6 +76,7 @@ class NormalMemory(nn.Module):
         # checkpoints (a loaded model has the weights, not how they were chosen).
         self.choice = None
         self._calibration = None  # (validation normal rows, their one-class evidence) from fill
+        self.fill_seconds: dict[str, float] = {}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._calibration = None  # other references: the evidence from fill no longer holds
@@ -108,17 +110,23 @@ class NormalMemory(nn.Module):
         """Store the memory rows, grow the forest and fit the autoencoder on them, and keep sorted
         validation-normal scores (and, for the fusion choice, those rows' one-class evidence,
         which would otherwise cost a second kNN pass over them)."""
+        started = time.perf_counter()
         self.bank.copy_(normal_x)
         if self.forest is not None:
             self.forest.fit(normal_x.cpu().numpy().astype(np.float32), seed)
+        grown = time.perf_counter()
         if self.autoencoder is not None:
             epochs, lr, batch_size = self.autoencoder_fit
             self.autoencoder.fit(normal_x, int(epochs), float(lr), int(batch_size), seed)
+        fitted = time.perf_counter()
         scores = self.one_class_scores(val_normal_x)
         refs = torch.stack([network_ref, *scores])
         self.reference.copy_(refs.sort(dim=1).values)
         self.ready.fill_(True)
         self._calibration = (val_normal_x, self._one_class_evidence(val_normal_x, scores))
+        # Where a fill's time goes (benchmarks/trainer.py fit_phases_s); not in checkpoints.
+        self.fill_seconds = {"forest": grown - started, "autoencoder": fitted - grown,
+                             "calibration": time.perf_counter() - fitted}
 
     def evidence(self, score: torch.Tensor, row: int) -> torch.Tensor:
         """Evidence of `score` against reference row `row` (the part self.parts[row])."""
