@@ -181,6 +181,9 @@ class MetaConfig:
         default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.0)
     )
     warmup_episodes: int = 0  # inner loop only for the first episodes
+    # Episodes per optimizer step (per Ray Train worker): their rows are stacked into one batch and
+    # each level steps on the mean of their losses; W workers x E equal one process with W*E.
+    episodes_per_step: int = 1
     # Options of METHOD.md section 5 (meta/pcgrad.py, meta/curriculum.py); off until an
     # ablation (benchmarks/ablations.py) shows they raise held-out AUROC.
     pcgrad: bool = False  # drop the part of each family's outer gradient that fights the inner one

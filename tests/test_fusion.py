@@ -154,3 +154,32 @@ def test_the_best_mean_rule_takes_the_best_mean_whatever_the_spread():
     means = by_mean.aurocs.mean(axis=1)
     assert by_mean.chosen == 0 and means[0] > means[1]
     assert choose_weights(candidates, folds, "one_se").chosen == 1
+
+
+def test_a_fold_setup_derived_from_the_run_equals_one_built_afresh(compose):
+    """fold_network no longer re-reads the data and refits scaler and k-means per fold: the
+    derived setup gives the same episodes, budget pools and model as `build_setup`."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from metaad_dist.train.fusion import setup_without
+    from metaad_dist.train.setup import build_setup, prepare_training
+
+    cfg = compose("data=digits", "model=mlp", "model.memory_rows=300", "model.memory_calibration_rows=100")
+    setup = prepare_training(cfg)
+    family = cfg.data.meta[0]
+    roles = dataclasses.replace(setup.roles, meta=tuple(f for f in setup.roles.meta if f != family),
+                                held_out=setup.roles.held_out + (family,))
+    sub_cfg = OmegaConf.merge(cfg, {"model": {"memory_rows": 0}})
+    derived, built = setup_without(sub_cfg, setup, roles), build_setup(sub_cfg, setup.source, roles)
+    assert derived.model_args == built.model_args and derived.roles == built.roles
+    assert sorted(derived.view.budget_x) == sorted(built.view.budget_x) and family not in derived.view.budget_x
+    for f in built.view.budget_x:
+        assert np.array_equal(derived.view.budget_row_ids[f], built.view.budget_row_ids[f])
+    for e in range(6):
+        a, b = derived.sampler.episode(e), built.sampler.episode(e)
+        assert a.meta_families == b.meta_families and family not in a.meta_families
+        for key in ("support_x", "support_y", "query_x", "query_y", "shots_x", "shots_family"):
+            assert np.array_equal(getattr(a, key), getattr(b, key)), key
+    assert len(derived.memory_x) == len(built.memory_x) == 0

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from metaad_dist.config import MetaConfig
@@ -83,3 +84,80 @@ def test_resume_continues_the_dropout_stream_exactly():
         resumed.step(sampler.episode(e))
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+def _sampler(seed=0, **meta):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    labels, fam = rng.integers(0, 3, 300), np.zeros(300, int)
+    budget = {f: rng.normal(size=(5, 6)).astype(np.float32) for f in ("a", "b")}
+    cfg = MetaConfig(n_support=16, n_query=16, k_shot=3, budget=5, **meta)
+    return EpisodeSampler(x, labels, fam, 1, budget, cfg, seed), cfg
+
+
+def test_a_batch_of_episodes_steps_on_the_mean_of_their_gradients():
+    """step([e0, e1, e2]) == one update per level on the mean of the three episodes' gradients."""
+    import copy
+
+    from metaad_dist.meta.losses import inner_loss
+
+    sampler, cfg = _sampler(episodes_per_step=3, lambda_m=1.0)
+    episodes = [sampler.episode(e) for e in range(3)]
+    torch.manual_seed(0)
+    batched = MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"))
+    reference = MetaLearner(copy.deepcopy(batched.model), cfg, torch.device("cpu"))
+    batched.step(episodes)
+
+    model, t = reference.model, torch.as_tensor
+
+    def mean_grad_step(params, opt, losses):
+        grads = [torch.autograd.grad(loss, params, allow_unused=True) for loss in losses]
+        for i, p in enumerate(params):
+            per = [g[i] for g in grads if g[i] is not None]
+            p.grad = torch.stack(per).mean(dim=0) if per else None
+        opt.step()
+
+    model.train()
+    mean_grad_step(reference.inner_params, reference.inner_opt,
+                   [inner_loss(model, t(e.support_x), t(e.support_y), cfg)[0] for e in episodes])
+
+    def outer(e):
+        with torch.no_grad():
+            zq, zs = model.encoder(t(e.query_x)), model.encoder(t(e.shots_x))
+        return outer_loss(model, zq, t(e.query_y), zs, cfg, t(e.query_x), t(e.shots_x))[0]
+
+    mean_grad_step(reference.outer_params, reference.outer_opt, [outer(e) for e in episodes])
+    for a, b in zip(batched.model.parameters(), reference.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_the_margin_of_stacked_episodes_is_taken_per_episode():
+    from metaad_dist.meta.losses import margin_penalty
+
+    s_normal, s_anomaly = torch.tensor([0.9, 0.9, 0.5, 0.5]), torch.tensor([0.1, 0.6])
+    # episode 1 clears the margin (gap 0.8), episode 2 misses it by 0.6: mean 0.3, not the pooled 0.15
+    assert float(margin_penalty(s_normal, s_anomaly, 0.5, episodes=2)) == pytest.approx(0.3)
+    assert float(margin_penalty(s_normal, s_anomaly, 0.5)) == pytest.approx(0.15)
+
+
+def test_step_episodes_cover_the_same_episodes_whatever_the_split():
+    from metaad_dist.meta.learner import step_episodes
+
+    for step in range(3):
+        one_process = list(step_episodes(step, 4))
+        two_workers = sorted([*step_episodes(step, 2, world=2, rank=0), *step_episodes(step, 2, world=2, rank=1)])
+        assert one_process == two_workers == list(range(4 * step, 4 * step + 4))
+    assert list(step_episodes(1, 3, world=2, rank=1)) == [7, 9, 11]  # every 2nd: the sampler's stride
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"episodes_per_step": 0}, r"^meta.episodes_per_step=0; expected an integer >= 1$"),
+    ({"episodes_per_step": 2, "pcgrad": True}, r"^meta.episodes_per_step=2 with meta.pcgrad=true"),
+    ({"episodes_per_step": 2, "curriculum_families": 1}, r"^meta.episodes_per_step=2 with meta.curriculum_families=1"),
+])
+def test_bad_episodes_per_step_is_one_line(settings, message):
+    from metaad_dist.errors import ConfigError
+
+    _, cfg = _sampler(**settings)
+    with pytest.raises(ConfigError, match=message):
+        MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"))

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import ray_files_containing
 
@@ -73,7 +74,8 @@ def averaged_reference(cfg, num_workers: int) -> dict[str, torch.Tensor]:
     """One process, per step: average the gradients of episodes s*W .. s*W+W-1, then step.
 
     Mirrors MetaLearner.step: `inner_steps` inner updates, then (after the warm-up)
-    `outer_steps` outer updates on frozen features, each on the W-episode mean gradient.
+    `outer_steps` outer updates on frozen features, each on the W-episode mean gradient. The
+    fusion folds are trained like the run's network, W episodes per step.
     """
     configure_torch(cfg.trainer)
     setup = prepare_training(cfg)
@@ -100,7 +102,7 @@ def averaged_reference(cfg, num_workers: int) -> dict[str, torch.Tensor]:
                 ])
     model.eval()
     # The normal memory and its fusion weights, as the trainers fill and choose them.
-    finish_training(cfg, setup, model, fit_network_only)
+    finish_training(OmegaConf.merge(cfg, {"meta": {"episodes_per_step": num_workers}}), setup, model, fit_network_only)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -141,11 +143,33 @@ def test_two_workers_equal_one_process_averaging_two_episodes(uninterrupted):
     assert m["episodes"] == m["trainer"]["episodes_trained"] == cfg.meta.episodes
     assert [h["episode"] for h in m["history"]] == [4, 6, 8, 12]  # log/checkpoint every 4, validate every 6
     assert all(h["param_spread"] == 0.0 for h in m["history"])  # identical parameters on every worker
+    # digits has two meta families: one fusion fold per worker
+    assert m["trainer"]["fusion"]["folds_by_worker"] == [["5"], ["6"]]
     assert all(
         k in m["final"]
         for k in ("inner_loss", "outer_loss", "confidence_margin", "temperature", "episodes_per_s",
                   "sampler_wait_fraction", "val_auroc")
     )
+
+
+def test_two_workers_train_the_fusion_folds_in_parallel_as_one_process_would(ray_local, compose, tmp_path):
+    """W=2 workers x E=2 episodes per step, four meta families: each worker trains two of the
+    four fusion folds (fold f on worker f mod 2) and reports them, and the run ends with the
+    network, memory and fusion weights of one process training 4 episodes per step."""
+    meta = ["data.meta=[5,6,7,8]", "data.validation=[]", "data.held_out=[9]", "meta.episodes_per_step=2"]
+    cfg = compose(*SMALL, *meta, f"storage.root={tmp_path}", "run=folds")
+    result = train_ray(cfg)
+    fusion = result.metrics["trainer"]["fusion"]
+    assert fusion["folds_by_worker"] == [["5", "7"], ["6", "8"]]
+    assert result.metrics["trainer"]["episodes_per_step"] == 4 and result.metrics["episodes"] == EPISODES
+    from metaad_dist.train.local import train_local
+
+    local = [o for o in SMALL if not o.startswith("trainer=")]
+    one = train_local(compose(*local, *meta, "meta.episodes_per_step=4"), log=lambda _: None)
+    ray_state, one_state = trained_state(cfg), one.trained.model.state_dict()
+    assert max_difference(ray_state, one_state) < TOLERANCE
+    assert ray_state["memory.weights"].tolist() == one_state["memory.weights"].tolist()
+    assert one.trained.model.memory.choice.families == ["5", "6", "7", "8"]  # four folds really chosen from
 
 
 def test_killed_worker_resumes_from_s3_checkpoint(uninterrupted, compose, s3, monkeypatch, tmp_path):

@@ -11,6 +11,13 @@ Section 5's options, each off by default: ODIN input perturbation of the outer l
 (`model.odin_epsilon`), PCGrad between the inner gradient and each family's outer gradient
 (`meta.pcgrad`), and the hard-OOD curriculum (`meta.curriculum_families`).
 
+`step` takes a batch of `meta.episodes_per_step` episodes: their rows are stacked so each level
+costs one forward/backward and one optimizer step, and the loss is the mean of the per-episode
+losses (every episode has the same row counts, so the row means of the inner loss and the BCE
+terms are that mean already; the margin term is taken per episode). Its gradient is the mean
+of the per-episode gradients, which is what makes W workers x E episodes per step equal one
+process stepping on the same W x E episodes.
+
 `grad_sync` is called between backward and step; Ray Train workers pass an all-reduce that
 averages gradients so every worker keeps identical parameters. `stat_sync` averages a tensor of
 statistics the same way (the curriculum's margins), so workers also keep identical curricula.
@@ -19,12 +26,14 @@ One process passes neither.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from metaad_dist.config import MetaConfig
 from metaad_dist.episodes.episode import Episode
+from metaad_dist.errors import ConfigError
 from metaad_dist.meta.curriculum import HardFamilyCurriculum
 from metaad_dist.meta.losses import inner_loss, outer_loss
 from metaad_dist.meta.optim import make_optimizer
@@ -33,6 +42,47 @@ from metaad_dist.model.networks import MetaADModel
 
 GradSync = Callable[[list[torch.nn.Parameter]], None]
 StatSync = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_episodes_per_step(cfg: MetaConfig) -> None:
+    """PCGrad and the curriculum work per episode (per-family gradients, margins observed in
+    episode order): they are defined for one episode per step only."""
+    e = cfg.episodes_per_step
+    if e < 1:
+        raise ConfigError(f"meta.episodes_per_step={e}; expected an integer >= 1")
+    if e > 1 and cfg.pcgrad:
+        raise ConfigError(f"meta.episodes_per_step={e} with meta.pcgrad=true; PCGrad works per episode: use 1")
+    if e > 1 and cfg.curriculum_families > 0:
+        raise ConfigError(
+            f"meta.episodes_per_step={e} with meta.curriculum_families={cfg.curriculum_families}; "
+            "the curriculum works per episode: use 1"
+        )
+
+
+def step_episodes(step: int, per_step: int, world: int = 1, rank: int = 0) -> range:
+    """Episode indices worker `rank` of `world` trains at optimizer step `step`, `per_step` each.
+
+    Step s covers episodes s*W*E .. (s+1)*W*E - 1 whatever W and E are (so W workers x E equal
+    one process with W*E), and each worker takes every W-th of them (the stride its sampler
+    prefetches by)."""
+    first = step * world * per_step
+    return range(first + rank, first + world * per_step, world)
+
+
+def metrics_as_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One device-to-host copy for all metrics (one sync on a GPU, not one per metric)."""
+    if not metrics:
+        return {}
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(()) for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values))
+
+
+def stacked(episodes: Sequence[Episode], key: str) -> np.ndarray:
+    """One array of every episode's `key` rows; the episodes must have equal row counts."""
+    parts = [getattr(e, key) for e in episodes]
+    if len({len(p) for p in parts}) > 1:
+        raise ValueError(f"episodes of one step have different {key} row counts {[len(p) for p in parts]}")
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class MetaLearner:
@@ -45,6 +95,7 @@ class MetaLearner:
         seed: int = 0,
         stat_sync: Optional[StatSync] = None,
     ):
+        check_episodes_per_step(cfg)
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
@@ -94,15 +145,19 @@ class MetaLearner:
         shots_x: torch.Tensor,
         shots_family: Optional[torch.Tensor] = None,
         support: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        episodes: int = 1,
     ) -> dict:
         """One update of head and temperature; with `meta.pcgrad`, per family with gradient surgery
-        against the inner loss on `support` (which it then needs, with `shots_family`)."""
+        against the inner loss on `support` (which it then needs, with `shots_family`).
+        `episodes`: how many equal-sized episodes the rows stack (the margin is per episode)."""
         query_x, shots_x = self.model.perturb(query_x), self.model.perturb(shots_x)  # ODIN (identity at eps 0)
         with torch.no_grad():  # encoder frozen: the first-order cut
             z_query, z_shots = self.model.encoder(query_x), self.model.encoder(shots_x)
         clip = self.cfg.outer_optimizer.grad_clip
         if not self.cfg.pcgrad:
-            loss, metrics = outer_loss(self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x)
+            loss, metrics = outer_loss(
+                self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x, episodes=episodes
+            )
             self._apply(loss, self.outer_params, self.outer_opt, clip)
             return metrics
         if support is None or shots_family is None:
@@ -146,21 +201,29 @@ class MetaLearner:
         rows = torch.isin(shots_family, keep)
         return shots_x[rows], shots_family[rows]
 
-    def step(self, episode: Episode, outer: bool = True) -> dict[str, float]:
-        """One episode: inner loop on the support rows, then (unless ablated) the outer loop."""
+    def step(self, episodes: Union[Episode, Sequence[Episode]], outer: bool = True) -> dict[str, float]:
+        """One step on one episode or a batch of them (`step_tensors`), metrics as floats."""
+        return metrics_as_floats(self.step_tensors(episodes, outer))
+
+    def step_tensors(self, episodes: Union[Episode, Sequence[Episode]], outer: bool = True) -> dict[str, torch.Tensor]:
+        """Inner loop on the support rows, then (unless ablated) the outer loop, each update on
+        the mean loss of the batch. Metrics stay tensors on the device (no sync per step)."""
+        episodes = [episodes] if isinstance(episodes, Episode) else list(episodes)
+        n = len(episodes)
         self.model.train()
-        sx, sy = self._tensor(episode.support_x), self._tensor(episode.support_y, torch.long)
+        sx, sy = self._tensor(stacked(episodes, "support_x")), self._tensor(stacked(episodes, "support_y"), torch.long)
         metrics: dict = {}
         for _ in range(self.cfg.inner_steps):
             metrics.update(self.inner_step(sx, sy))
         if outer and self.cfg.outer_steps > 0:
-            qx, qy = self._tensor(episode.query_x), self._tensor(episode.query_y, torch.long)
-            shots, family = self._tensor(episode.shots_x), self._tensor(episode.shots_family, torch.long)
-            if self.curriculum is not None:
-                shots, family = self.curriculum_rows(episode, qx, shots, family)
+            qx, qy = self._tensor(stacked(episodes, "query_x")), self._tensor(stacked(episodes, "query_y"), torch.long)
+            shots = self._tensor(stacked(episodes, "shots_x"))
+            family = self._tensor(stacked(episodes, "shots_family"), torch.long)
+            if self.curriculum is not None:  # one episode per step (check_episodes_per_step)
+                shots, family = self.curriculum_rows(episodes[0], qx, shots, family)
             for _ in range(self.cfg.outer_steps):
-                metrics.update(self.outer_step(qx, qy, shots, family, (sx, sy)))
-        return {k: float(v) for k, v in metrics.items()}
+                metrics.update(self.outer_step(qx, qy, shots, family, (sx, sy), episodes=n))
+        return metrics
 
     def state_dict(self) -> dict:
         state = {

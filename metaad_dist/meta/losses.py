@@ -20,9 +20,12 @@ def confidence_bce(confidence: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy(s, torch.full_like(s, target))
 
 
-def margin_penalty(s_normal: torch.Tensor, s_anomaly: torch.Tensor, margin: float) -> torch.Tensor:
-    """relu(margin - (mean S(normal) - mean S(anomaly))): normals must be clearly more confident."""
-    return F.relu(margin - (s_normal.mean() - s_anomaly.mean()))
+def margin_penalty(s_normal: torch.Tensor, s_anomaly: torch.Tensor, margin: float, episodes: int = 1) -> torch.Tensor:
+    """relu(margin - (mean S(normal) - mean S(anomaly))): normals must be clearly more confident.
+
+    With rows of `episodes` equal-sized episodes stacked, the mean over episodes of each one's penalty."""
+    gap = s_normal.view(episodes, -1).mean(dim=1) - s_anomaly.view(episodes, -1).mean(dim=1)
+    return F.relu(margin - gap).mean()
 
 
 def inner_loss(model: MetaADModel, x: torch.Tensor, y: torch.Tensor, cfg: MetaConfig):
@@ -51,10 +54,12 @@ def outer_loss(
     cfg: MetaConfig,
     x_query: torch.Tensor | None = None,
     x_shots: torch.Tensor | None = None,
+    episodes: int = 1,
 ):
     """Calibrate head and temperature on frozen features: query confident, shots not.
 
-    Features come in detached (first-order: no gradient reaches the encoder).
+    Features come in detached (first-order: no gradient reaches the encoder). The rows may stack
+    `episodes` equal-sized episodes: the loss is then the mean of their losses.
     """
     logits_q = model.logits(z_query, x_query)
     s_q = model.confidence_from_logits(logits_q)
@@ -63,7 +68,7 @@ def outer_loss(
     loss = (
         confidence_bce(s_q, 1.0)
         + confidence_bce(s_s, 0.0)
-        + cfg.lambda_m * margin_penalty(s_q, s_s, cfg.margin)
+        + cfg.lambda_m * margin_penalty(s_q, s_s, cfg.margin, episodes)
         + cfg.lambda_t * log_t ** 2
     )
     if cfg.outer_class_ce_weight > 0:

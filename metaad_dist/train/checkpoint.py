@@ -233,8 +233,10 @@ class LocalCheckpoints:
         state, where = found
         return restore(state, learner, sampler, self.cfg, 1, int(self.cfg.meta.episodes), where)
 
-    def due(self, done: int) -> bool:
-        return done == self.cfg.meta.episodes or (self.every > 0 and done % self.every == 0)
+    def due(self, before: int, done: int, total: int) -> bool:
+        """Whether a step from `before` to `done` episodes crosses a multiple of checkpoint_every
+        (steps of meta.episodes_per_step episodes), or ends the run."""
+        return done >= total or (self.every > 0 and done // self.every > before // self.every)
 
     def save(self, learner, sampler, done: int, history: list, seconds: float) -> None:
         state = {

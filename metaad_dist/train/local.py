@@ -2,6 +2,7 @@
 (given a LocalCheckpoints) checkpoints that a rerun resumes from."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -11,7 +12,7 @@ import torch
 
 from metaad_dist.config import Config
 from metaad_dist.eval.metrics import detection_metrics
-from metaad_dist.meta.learner import MetaLearner
+from metaad_dist.meta.learner import MetaLearner, step_episodes
 from metaad_dist.model.networks import MetaADModel
 from metaad_dist.train.artifacts import TrainedModel
 from metaad_dist.train.checkpoint import LocalCheckpoints
@@ -41,6 +42,11 @@ def validation_auroc(model, setup: TrainingSetup, score: str, device: torch.devi
     ])
     model.train()
     return detection_metrics(normal, anomalies)["auroc"]
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]: a step advances several episodes."""
+    return every > 0 and after // every > before // every
 
 
 def train_local(
@@ -88,10 +94,11 @@ def resume_loop(checkpoints, learner: MetaLearner, sampler, progress: Progress, 
     return start, history
 
 
-def checkpoint_loop(checkpoints, learner: MetaLearner, sampler, done: int, history: list, progress: Progress,
-                    started: float) -> None:
-    """Write a checkpoint when `done` episodes call for one (trainer.checkpoint_every, the end)."""
-    if checkpoints is not None and checkpoints.due(done):
+def checkpoint_loop(checkpoints, learner: MetaLearner, sampler, before: int, done: int, total: int, history: list,
+                    progress: Progress, started: float) -> None:
+    """Write a checkpoint when the step (episodes before..done) crosses a multiple of
+    trainer.checkpoint_every, or at the end (`total` episodes)."""
+    if checkpoints is not None and checkpoints.due(before, done, total):
         seconds = progress.seconds_before + time.perf_counter() - started
         checkpoints.save(learner, sampler, done, history, seconds)
 
@@ -105,30 +112,39 @@ def fit_network(
     checkpoints: Optional[LocalCheckpoints] = None,
     progress: Optional[Progress] = None,
 ) -> tuple[MetaADModel, list[dict]]:
-    """The episode loop: the network alone (normal memory not filled) and its metrics history."""
+    """The episode loop: the network alone (normal memory not filled) and its metrics history.
+
+    Each step trains `meta.episodes_per_step` episodes at once (the last step completes its
+    batch, so meta.episodes rounds up to a multiple of it); history has one row per step."""
     device = configure_torch(cfg.trainer)
     learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, seed=cfg.seed)
     progress = progress or Progress()
     first, history = resume_loop(checkpoints, learner, setup.sampler, progress, log)
     start = time.perf_counter()
     label = "method" if outer else "inner-only"
-    for e in range(first, cfg.meta.episodes):
-        metrics = learner.step(setup.sampler.episode(e), outer=outer and e >= cfg.meta.warmup_episodes)
-        done = e + 1
-        if done % cfg.trainer.validate_every == 0 or done == cfg.meta.episodes:
+    per_step = cfg.meta.episodes_per_step
+    steps = math.ceil(cfg.meta.episodes / per_step)
+    total = steps * per_step
+    for s in range(first // per_step, steps):  # checkpoints fall on step boundaries
+        indices = step_episodes(s, per_step)
+        before, done = indices[0], indices[-1] + 1
+        metrics = learner.step(
+            [setup.sampler.episode(e) for e in indices], outer=outer and before >= cfg.meta.warmup_episodes
+        )
+        if crossed(before, done, cfg.trainer.validate_every) or done == total:
             metrics["val_auroc"] = validation_auroc(learner.model, setup, cfg.model.score, device)
         metrics["episode"] = done
         history.append(metrics)
         if on_validation is not None and "val_auroc" in metrics:
             on_validation(metrics)
-        checkpoint_loop(checkpoints, learner, setup.sampler, done, history, progress, start)
-        if not cfg.quiet and (done % cfg.trainer.log_every == 0 or done == cfg.meta.episodes):
+        checkpoint_loop(checkpoints, learner, setup.sampler, before, done, total, history, progress, start)
+        if not cfg.quiet and (crossed(before, done, cfg.trainer.log_every) or done == total):
             rate = (done - first) / (time.perf_counter() - start)
             shown = " ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items()
                 if k in ("inner_loss", "outer_loss", "confidence_margin", "temperature", "val_auroc") and v is not None
             )
-            log(f"[{label}] episode {done}/{cfg.meta.episodes} {shown} ({rate:.1f} episodes/s)")
+            log(f"[{label}] episode {done}/{total} {shown} ({rate:.1f} episodes/s)")
     learner.model.eval()
     return learner.model, history
 

@@ -1,11 +1,21 @@
-"""Ray Train meta-training: W workers, one episode each per step, gradients averaged.
+"""Ray Train meta-training: W workers, E = ``meta.episodes_per_step`` episodes each per step,
+gradients averaged.
 
-Semantics (METHOD.md section 6): at optimizer step ``s`` worker ``rank`` takes episode
-``s * W + rank``; inside `MetaLearner.step` the gradients of the inner (encoder/decoder, and
+Semantics (METHOD.md section 6): optimizer step ``s`` covers episodes ``s*W*E .. (s+1)*W*E - 1``
+and worker ``rank`` takes every W-th of them from ``s*W*E + rank`` (`step_episodes`), stacked
+into one batch; inside `MetaLearner.step` the gradients of the inner (encoder/decoder, and
 prototypes when ``meta.inner_updates_head``) and of the outer (head/temperature) updates are
 all-reduced and averaged before each optimizer step. Every worker therefore holds the same
-parameters, and W workers equal one process averaging the same W episodes per step (tested on
-CPU with gloo). ``meta.episodes`` counts the episodes of all workers together.
+parameters, and W workers x E equal one process with ``meta.episodes_per_step = W*E`` (tested
+on CPU with gloo). ``meta.episodes`` counts the episodes of all workers together. The two
+all-reduces per step cost a wait for the slowest worker each, whatever E is, so a larger E
+amortises them over more episodes.
+
+After the loop the run's fusion folds (`fusion.fold_plan`) train in parallel, fold ``f`` on
+worker ``f mod W`` with the single-process loop at ``W*E`` episodes per step (so each fold
+network is trained as the run's own network was), while rank 0 also fills the normal memory;
+rank 0 gathers the fold networks and chooses the fusion weights, as one process with
+``meta.episodes_per_step = W*E`` would.
 
 Checkpoints (`checkpoint.py`) go to the run's storage every ``trainer.checkpoint_every``
 episodes and at the end; Ray Train keeps the newest ``trainer.keep_checkpoints``. After a
@@ -41,7 +51,7 @@ from metaad_dist.data.credentials import AwsSecrets, settings_env
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.episodes.episode import Episode
 from metaad_dist.errors import ConfigError, UserError
-from metaad_dist.meta.learner import MetaLearner
+from metaad_dist.meta.learner import MetaLearner, metrics_as_floats, step_episodes
 from metaad_dist.train.artifacts import METRICS_FILE, TrainedModel
 from metaad_dist.train.checkpoint import (
     checkpoint_dir_name,
@@ -52,8 +62,8 @@ from metaad_dist.train.checkpoint import (
     save_checkpoint,
 )
 from metaad_dist.train.commands import RunFolder, run_location, run_name, save_trained_run
-from metaad_dist.train.fusion import finish_training
-from metaad_dist.train.local import fit_network_only, validation_auroc
+from metaad_dist.train.fusion import choose_fusion, fold_network, fold_plan
+from metaad_dist.train.local import crossed, fit_network_only, validation_auroc
 from metaad_dist.data.source import open_source
 from metaad_dist.train.setup import check_sampler_setting, configure_torch, prepare_training
 
@@ -176,13 +186,9 @@ def spread(flat: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- the worker loop
 
 
-def crossed(before: int, after: int, every: int) -> bool:
-    """Whether a multiple of `every` lies in (before, after]: steps advance W episodes at once."""
-    return every > 0 and after // every > before // every
-
-
-def total_steps(episodes: int, num_workers: int) -> int:
-    return math.ceil(episodes / num_workers)
+def total_steps(episodes: int, per_step: int) -> int:
+    """Optimizer steps for `episodes` when each step trains `per_step` (W x E) of them."""
+    return math.ceil(episodes / per_step)
 
 
 @dataclass
@@ -194,10 +200,10 @@ class Window:
     steps: int = 0
     wait: float = 0.0
 
-    def close(self, world: int, sync_seconds: float) -> dict[str, float]:
+    def close(self, per_step: int, sync_seconds: float) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         return {
-            "episodes_per_s": self.steps * world / elapsed,
+            "episodes_per_s": self.steps * per_step / elapsed,
             "sampler_wait_s": self.wait,
             "sampler_wait_fraction": self.wait / elapsed,
             "allreduce_fraction": (sync_seconds - self.sync_start) / elapsed,
@@ -242,7 +248,12 @@ def train_worker(config: dict) -> None:
         seed=cfg.seed, stat_sync=mean_over_workers_tensor if world > 1 else None,
     )
     source = open_episode_source(setup, world, pool)
-    steps = total_steps(cfg.meta.episodes, world)
+    per_worker = cfg.meta.episodes_per_step
+    per_step = world * per_worker  # episodes of all workers in one optimizer step
+    steps = total_steps(cfg.meta.episodes, per_step)
+
+    def draw(s: int) -> list[Episode]:
+        return [source.episode(i) for i in step_episodes(s, per_worker, world, rank)]
 
     step, history, seconds_before = 0, [], 0.0
     checkpoint = ray.train.get_checkpoint()
@@ -256,18 +267,18 @@ def train_worker(config: dict) -> None:
     start, cpu_start = time.perf_counter(), time.process_time()
     window, totals = Window(), {"sampler_wait_s": 0.0, "report_s": 0.0}
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes")
-    pending = prefetch.submit(source.episode, step * world + rank) if step < steps else None
+    pending = prefetch.submit(draw, step) if step < steps else None
     for s in range(step, steps):
         waiting = time.perf_counter()
-        episode = pending.result()
+        episodes = pending.result()
         waited = time.perf_counter() - waiting
-        if s + 1 < steps:  # the next episode is drawn while this step trains
-            pending = prefetch.submit(source.episode, (s + 1) * world + rank)
+        if s + 1 < steps:  # the next step's episodes are drawn while this step trains
+            pending = prefetch.submit(draw, s + 1)
         window.wait += waited
         totals["sampler_wait_s"] += waited
-        metrics = learner.step(episode, outer=s * world >= cfg.meta.warmup_episodes)
+        before, done = s * per_step, (s + 1) * per_step
+        metrics = learner.step_tensors(episodes, outer=before >= cfg.meta.warmup_episodes)
         window.steps += 1
-        before, done = s * world, (s + 1) * world
         if fault and rank == world - 1 and done >= fault[0] and not os.path.exists(fault[1]):
             open(fault[1], "w").close()
             os._exit(1)  # an abrupt death, as a killed process: no cleanup, no report
@@ -279,7 +290,7 @@ def train_worker(config: dict) -> None:
 
         # Every worker reaches this point at the same steps: report() is a barrier.
         reporting = time.perf_counter()
-        row = {**metrics, **window.close(world, averager.seconds)}
+        row = {**metrics_as_floats(metrics), **window.close(per_step, averager.seconds)}
         if world > 1:
             row = mean_over_workers(row, device)
             row["param_spread"] = parameter_spread(learner.model)
@@ -291,7 +302,7 @@ def train_worker(config: dict) -> None:
             if auroc is not None:
                 row["val_auroc"] = auroc
         history.append(row)
-        say(cfg, rank, f"[ray x{world}] episode {done}/{steps * world} " + " ".join(
+        say(cfg, rank, f"[ray x{world}] episode {done}/{steps * per_step} " + " ".join(
             f"{k} {row[k]:.3f}" for k in SHOWN if k in row
         ))
         ckpt = None
@@ -320,12 +331,45 @@ def train_worker(config: dict) -> None:
                   setup_s=start - entered)
     if world > 1:
         totals = mean_over_workers(totals, device)
+    learner.model.eval()
+    fusion = finish_in_parallel(cfg, setup, learner.model, rank, world, lambda line: say(cfg, rank, line))
     if rank == 0:
-        learner.model.eval()
-        finish_training(cfg, setup, learner.model, fit_network_only, lambda line: say(cfg, rank, line))
         trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
         summary = loop_summary(cfg, world, steps, first_step, totals)
+        summary["trainer"]["fusion"] = fusion
         save_trained_run(cfg, run_location(cfg), trained, setup, history, seconds_before + totals["loop_s"], summary)
+
+
+def finish_in_parallel(cfg, setup, model, rank: int, world: int, log) -> dict:
+    """`fusion.finish_training` spread over the workers: fold f trains on worker f mod W, at
+    W*E episodes per step like the run itself; rank 0 fills the memory first, then gathers
+    the fold networks and chooses the weights. Every worker calls it (the gather is a barrier).
+    Returns, for metrics.json, the folds each worker trained and the seconds each part took."""
+    started = time.perf_counter()
+    fold_cfg = OmegaConf.merge(cfg, {"meta": {"episodes_per_step": world * cfg.meta.episodes_per_step}})
+    families = fold_plan(fold_cfg, setup, model, fit_network_only)
+    memory_s = 0.0
+    if rank == 0:
+        setup.finish_model(model, cfg.model.score, cfg.seed)
+        memory_s = time.perf_counter() - started
+    folds_started = time.perf_counter()
+    mine = {f: fold_network(fold_cfg, setup, f, fit_network_only).cpu() for f in families[rank::world]}
+    report = {"rank": rank, "folds": list(mine), "fold_seconds": time.perf_counter() - folds_started, "memory_seconds": memory_s}
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (report, mine))
+    else:
+        gathered = [(report, mine)]
+    if rank == 0:
+        networks = {f: n for _, nets in gathered for f, n in nets.items()}
+        choose_fusion(fold_cfg, setup, model, {f: networks[f] for f in families}, log)
+    reports = [r for r, _ in gathered]
+    return {
+        "folds_by_worker": [r["folds"] for r in reports],
+        "fold_seconds_by_worker": [r["fold_seconds"] for r in reports],
+        "memory_seconds": memory_s,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def quiet_report_log() -> None:
@@ -347,18 +391,20 @@ def say(cfg, rank: int, line: str) -> None:
 
 def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> dict:
     """metrics.json "episodes" (trained) and "trainer": this attempt's loop (reports, validation, checkpoints included)."""
-    trained = (steps - first_step) * world
+    per_step = world * cfg.meta.episodes_per_step
+    trained = (steps - first_step) * per_step
     loop = totals["loop_s"]
     share = (lambda key: totals[key] / loop) if trained else (lambda key: None)
     return {
-        # W workers train W episodes per step, so meta.episodes rounds up to a multiple of W.
-        "episodes": steps * world,
+        # W workers train W x E episodes per step, so meta.episodes rounds up to a multiple of W x E.
+        "episodes": steps * per_step,
         "trainer": {
             "name": "ray",
             "num_workers": world,
+            "episodes_per_step": per_step,
             "backend": backend(cfg),
             "episodes_trained": trained,  # by this attempt; metrics["episodes"] is the run's total
-            "resumed_at_episode": first_step * world,
+            "resumed_at_episode": first_step * per_step,
             "loop_seconds": loop,
             "worker_setup_seconds": totals.get("setup_s"),  # entering the loop function to the first episode
             # CPU time of the worker processes (all their threads) per episode: insensitive to other load.
