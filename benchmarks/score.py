@@ -5,7 +5,7 @@ tiled with noise) are written as Parquet files of --file-rows rows: --rows rows 
 10 x --rows rows (10x). Measured side by side, interleaved, best of --repeats:
   - pyarrow.dataset reading the 1x folder (the ceiling: read only, multithreaded, no scoring),
   - the in-process path (`metaad score` on one file, scoring.score_in_process) on the 1x rows,
-  - the Ray Data path (scoring.score_command on the 1x folder) on a warm local Ray instance;
+  - the Ray Data path (score_command.score_command on the 1x folder) on a warm local Ray instance;
 then the Ray Data path once on the 10x folder. peak_rss_bytes: the peak, sampled every 0.1 s,
 of the summed RSS of this process and all its descendants (Ray's workers included).
 
@@ -103,7 +103,8 @@ def main() -> int:
 
     from metaad_dist.cli import compose_config, main as metaad  # first: it makes a local Ray bind 127.0.0.1
     from metaad_dist.data.storage import open_location
-    from metaad_dist.eval.scoring import list_inputs, score_command, score_in_process
+    from metaad_dist.eval.score_command import score_command
+    from metaad_dist.eval.scoring import list_inputs, score_in_process
     from metaad_dist.train.artifacts import load_run
     from metaad_dist.train.setup import configure_torch
 

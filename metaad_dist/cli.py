@@ -48,7 +48,7 @@ def _cmd_evaluate(cfg) -> None:
 
 
 def _cmd_score(cfg) -> None:
-    from metaad_dist.eval.scoring import score_command
+    from metaad_dist.eval.score_command import score_command
 
     score_command(cfg)
 

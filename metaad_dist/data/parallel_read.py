@@ -30,6 +30,7 @@ from metaad_dist.config import SourceConfig, StorageConfig
 from metaad_dist.data.credentials import AwsSecrets, settings_env
 from metaad_dist.data.readers import (
     RawFile,
+    check_category_count,
     _arrow_encoding,
     _csv_error,
     _csv_read_options,
@@ -150,7 +151,6 @@ def encode_part(part: Part, batch_encoder, src, storage, names, types, aws: Opti
 def part_categories(part: Part, src, storage, names, categorical: list[str], aws: Optional[AwsSecrets] = None,
                     line_base: int = 0):
     """({column: set of values}, rows) of one part (checked against max_categories here too: bounded memory)."""
-    from metaad_dist.data.prepare import check_category_count
 
     if aws is not None:
         aws.install()
@@ -223,8 +223,7 @@ class ParallelRead:
 
     def categories(self, plan) -> dict[str, list[str]]:
         """Category vocabularies of the train files, merged from per-part sets."""
-        from metaad_dist.data.prepare import check_category_count
-
+    
         if not plan.categorical:
             return {}
         seen: dict[str, set] = {c: set() for c in plan.categorical}

@@ -44,6 +44,7 @@ from metaad_dist.data.manifest import (
 )
 from metaad_dist.data.readers import (
     RawFile,
+    check_category_count,
     column_names,
     file_digest,
     iter_batches,
@@ -347,15 +348,6 @@ def _learn_categories(plan: _Plan, src: SourceConfig, storage: StorageConfig) ->
                 seen[column].update(pc.unique(batch.column(column)).to_pylist())
                 check_category_count(column, seen[column], src, raw)
     return {c: sorted(v for v in seen[c] if v is not None) for c in plan.categorical}
-
-
-def check_category_count(column: str, values: set, src: SourceConfig, raw: RawFile) -> None:
-    if len(values) > src.max_categories:
-        raise DataError(
-            f"data.source.categorical_columns: column '{column}' has more than "
-            f"data.source.max_categories={src.max_categories} distinct values in {raw.uri}; "
-            "is it an id column (drop it) or should categorical_encoding be index?"
-        )
 
 
 # --------------------------------------------------------------------------- the prepare

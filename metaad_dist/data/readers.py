@@ -616,3 +616,13 @@ def load_label_map(uri: str, src: SourceConfig, storage: StorageConfig) -> dict[
             raise DataError(f"{key}: {uri}: label '{a}' maps to both '{mapping[a]}' and '{b}'")
         mapping[a] = b
     return mapping
+
+
+def check_category_count(column: str, values: set, src: SourceConfig, raw: RawFile) -> None:
+    """One line when a categorical column has too many values (serial and parallel prepare alike)."""
+    if len(values) > src.max_categories:
+        raise DataError(
+            f"data.source.categorical_columns: column '{column}' has more than "
+            f"data.source.max_categories={src.max_categories} distinct values in {raw.uri}; "
+            "is it an id column (drop it) or should categorical_encoding be index?"
+        )

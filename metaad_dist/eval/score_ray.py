@@ -4,7 +4,7 @@ read_csv / read_parquet (one read task per file, blocks streamed) -> map_batches
 score.concurrency actors, each holding the model once (fetched from the object store, not
 re-read from storage) -> write_parquet into the output folder under this job's part names. The
 streaming executor keeps a bounded number of blocks in flight, so memory does not grow with the
-input. The caller (scoring.score_command) commits the parts with the marker afterwards.
+input. The caller (score_command.score_command) commits the parts with the marker afterwards.
 
 Runs on the local Ray instance (127.0.0.1) or, with RAY_ADDRESS set or inside a Ray Job, on the
 cluster. A failed batch surfaces as one line: the inputs it came from (or, for a read error,

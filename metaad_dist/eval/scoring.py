@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import posixpath
 import re
 import sys
 import uuid
@@ -334,47 +333,3 @@ def score_in_process(f: InputFile, fs, sink_location: Location, name: str, train
             raise
     _warn_unseen(f.uri, unseen_total, rows)
     return rows, flagged
-
-
-def score_command(cfg) -> None:
-    from metaad_dist.train.artifacts import load_run
-    from metaad_dist.train.commands import run_location
-    from metaad_dist.train.setup import configure_torch
-
-    if not cfg.input or not cfg.output:
-        raise ConfigError("metaad score needs input=<table, folder or s3:// prefix> and output=<folder or file.parquet>")
-    output = str(cfg.output).rstrip("/")
-    one_file = output.endswith(".parquet")
-    if not one_file and output.lower().endswith(FILE_OUTPUT_SUFFIXES):
-        raise ConfigError(f"output={cfg.output}; expected a .parquet file name or a folder (scores are written as Parquet)")
-    for key in ("concurrency", "batch_rows", "in_process_max_bytes"):
-        if getattr(cfg.score, key) < (0 if key == "concurrency" else 1):
-            raise ConfigError(f"score.{key}={getattr(cfg.score, key)}; expected a positive integer")
-    run = run_location(cfg)
-    trained, payload = load_run(run)
-    source, files = list_inputs(cfg.input, cfg.storage)
-    device = configure_torch(cfg.trainer)
-    info = {"run": run.uri, "input": source.uri, "threshold": float(payload["threshold"])}
-    if one_file:
-        if len(files) != 1:
-            raise ConfigError(f"input={cfg.input} holds {len(files)} files; output={cfg.output} is one file: name a folder")
-        parent, name = posixpath.split(output)
-        rows, flagged = score_in_process(files[0], source.fs, open_location(parent or ".", cfg.storage), name,
-                                         trained, payload, cfg.score.batch_rows, device)
-        where = cfg.output
-    else:
-        out = ScoreOutput(output, cfg.storage)
-        out.begin()
-        if len(files) == 1 and files[0].size <= cfg.score.in_process_max_bytes:
-            score_in_process(files[0], source.fs, out.location, out.part_name("000000"), trained, payload,
-                             cfg.score.batch_rows, device)
-            info["engine"] = "in-process"
-        else:
-            from metaad_dist.eval.score_ray import score_with_ray
-
-            score_with_ray(cfg, source, files, out, trained, payload)
-            info["engine"] = "ray-data"
-        marker = out.commit(info)
-        rows, flagged, where = marker["rows"], marker["flagged"], f"{out.location.uri} ({len(marker['files'])} files)"
-    if not cfg.quiet:
-        print(f"scored {rows} rows -> {where} ({flagged} flagged)")
