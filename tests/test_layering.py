@@ -133,7 +133,7 @@ def test_no_import_circle_among_the_package_modules():
 def test_no_module_imports_a_higher_layer():
     graph = _graph()
     commands = command_modules(graph)
-    assert {f"{PACKAGE}.train.launch", f"{PACKAGE}.eval.evaluate", f"{PACKAGE}.eval.scoring"} <= commands
+    assert {f"{PACKAGE}.train.launch", f"{PACKAGE}.eval.evaluate", f"{PACKAGE}.eval.score_command"} <= commands
     assert upward_imports(graph, commands) == []
 
 

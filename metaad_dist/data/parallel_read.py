@@ -187,7 +187,7 @@ class ParallelRead:
     def _ray(self):
         import ray
 
-        from metaad_dist.train.ray_trainer import ensure_ray
+        from metaad_dist.data.ray_instance import ensure_ray
 
         self.started_ray = ensure_ray() or self.started_ray
         return ray

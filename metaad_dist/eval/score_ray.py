@@ -82,7 +82,7 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
     import ray
     import ray.data
 
-    from metaad_dist.train.ray_trainer import ensure_ray, ray_storage
+    from metaad_dist.data.ray_instance import ensure_ray, ray_storage
 
     started = ensure_ray()
     try:

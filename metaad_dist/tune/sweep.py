@@ -21,7 +21,7 @@ from ray.tune.search import BasicVariantGenerator
 from metaad_dist.data.credentials import SECRET_KEYS, AwsSecrets
 from metaad_dist.data.storage import open_location
 from metaad_dist.errors import ConfigError
-from metaad_dist.train.ray_trainer import ensure_ray
+from metaad_dist.data.ray_instance import ensure_ray
 from metaad_dist.tune.space import BUDGET_KEY, apply_params, build_param_space
 
 METRIC = "val_auroc"
