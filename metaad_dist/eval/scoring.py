@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import posixpath
 import re
 import sys
 import uuid
