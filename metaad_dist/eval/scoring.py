@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from metaad_dist.data.storage import Location, first_line, open_location, storage_errors
 from metaad_dist.data.table import FLOAT32_MAX, numeric_features
-from metaad_dist.errors import ConfigError, DataError
+from metaad_dist.errors import DataError
 
 SCORE_COLUMN = "anomaly_score"
 FLAG_COLUMN = "is_anomaly"

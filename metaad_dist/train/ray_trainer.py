@@ -64,7 +64,7 @@ from metaad_dist.train.checkpoint import (
 from metaad_dist.train.commands import RunFolder, run_location, run_name, save_trained_run
 from metaad_dist.train.fusion import choose_fusion, fold_network, fold_plan
 from metaad_dist.train.local import crossed, fit_network_only, validation_auroc
-from metaad_dist.data.ray_instance import ensure_ray, quiet_default_token_warning, ray_storage  # noqa: F401 (re-exported)
+from metaad_dist.data.ray_instance import ensure_ray, ray_storage
 from metaad_dist.data.source import open_source
 from metaad_dist.train.setup import check_sampler_setting, configure_torch, prepare_training
 
