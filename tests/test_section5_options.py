@@ -128,9 +128,9 @@ def test_learner_curriculum_feeds_only_the_picked_families_and_checkpoints_its_m
     seen = []
     step = learner.outer_step
 
-    def spy(q, qy, shots, family, support):
+    def spy(q, qy, shots, family, support, **kwargs):
         seen.append(sorted(set(family.tolist())))
-        return step(q, qy, shots, family, support)
+        return step(q, qy, shots, family, support, **kwargs)
 
     learner.outer_step = spy
     for e in range(30):
