@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from metaad_dist.config import DataConfig, MetaConfig, SourceConfig, StorageConfig
-from metaad_dist.data import prepare as prepare_module
+from metaad_dist.data import shard_writer
 from metaad_dist.data.manifest import MANIFEST_NAME, SCHEMA_VERSION, verify_shards
 from metaad_dist.data.prepare import prepare_dataset
 from metaad_dist.data.prepared import PreparedSource
@@ -230,13 +230,13 @@ COUNTS = {"normal": 400, "alpha": 150, "beta": 90}
 def opened_shards(monkeypatch) -> list:
     """Records every shard the writer opens, to show a failure came after data was written."""
     opened = []
-    original = prepare_module.ShardSetWriter._open_shard
+    original = shard_writer.ShardSetWriter._open_shard
 
     def spy(self, state):
         opened.append(state.family)
         return original(self, state)
 
-    monkeypatch.setattr(prepare_module.ShardSetWriter, "_open_shard", spy)
+    monkeypatch.setattr(shard_writer.ShardSetWriter, "_open_shard", spy)
     return opened
 
 
@@ -318,15 +318,15 @@ def test_overwrite_is_refused_then_atomic(tmp_path):
 
 KILLER = """
 import os, signal, sys
-from metaad_dist.data import prepare
-original = prepare.ShardSetWriter._close_shard
+from metaad_dist.data import shard_writer
+original = shard_writer.ShardSetWriter._close_shard
 closed = []
 def close_then_die(self, state):
     original(self, state)
     closed.append(state.path)
     if len(closed) == 3:  # killed between shards: three complete, more to come
         os.kill(os.getpid(), signal.SIGKILL)
-prepare.ShardSetWriter._close_shard = close_then_die
+shard_writer.ShardSetWriter._close_shard = close_then_die
 from metaad_dist.cli import main
 sys.exit(main(sys.argv[1:]))
 """
