@@ -24,7 +24,7 @@ from metaad_dist.data.prepared import PreparedSource
 from metaad_dist.errors import DataError
 from metaad_dist.eval.score_command import score_command
 from metaad_dist.eval.scoring import MARKER
-from test_prepare import COUNTS, HEADER, synth_data, synth_rows, write_csv
+from test_prepare import COUNTS, synth_data, synth_rows, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
 

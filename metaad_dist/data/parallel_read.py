@@ -6,7 +6,7 @@ start inside it (it reads on to the end of its last line), which is safe because
 never allow newlines inside values. Compressed, zipped, Parquet, NPZ and non-UTF-8 inputs are
 one task per file.
 
-Each task returns the EncodedBatches of its part (prepare.BatchEncoder, the same code the serial
+Each task returns the EncodedBatches of its part (batch_encoder.BatchEncoder, the same code the serial
 path runs). The driver takes the parts' results strictly in input order, with a bounded number of
 tasks in flight, and feeds them to the one shard writer: so row ids, shard layout and shard bytes
 are the serial prepare's. Normalisation statistics are merged from the batches' partial sums in
@@ -28,16 +28,8 @@ import pyarrow.csv as pacsv
 
 from metaad_dist.config import SourceConfig, StorageConfig
 from metaad_dist.data.credentials import AwsSecrets, settings_env
-from metaad_dist.data.readers import (
-    RawFile,
-    check_category_count,
-    _arrow_encoding,
-    _csv_error,
-    _csv_read_options,
-    _first_line,
-    iter_batches,
-    split_uri,
-)
+from metaad_dist.data.raw_files import RawFile, exc_summary, split_uri
+from metaad_dist.data.readers import arrow_encoding, check_category_count, csv_error, csv_read_options, iter_batches
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import DataError, UserError
 
@@ -73,7 +65,7 @@ def user_error_behind(exc: BaseException) -> Optional[UserError]:
 
 
 def _splittable(raw: RawFile, src: SourceConfig) -> bool:
-    return raw.kind == "csv" and raw.compression is None and _arrow_encoding(src.encoding) == "utf8"
+    return raw.kind == "csv" and raw.compression is None and arrow_encoding(src.encoding) == "utf8"
 
 
 def _line_end(f, pos: int, size: int) -> int:
@@ -109,7 +101,7 @@ def _range_batches(part: Part, src, storage, names, types, line_base: int) -> It
         bad_rows[:] = [None if row.number is None else row.number + line_base, row.text]
         return "error"
 
-    options = _csv_read_options(src, src.csv_block_size, names)
+    options = csv_read_options(src, src.csv_block_size, names)
     if part.start > 0:
         options.skip_rows = 0  # the header is in the first range only
     try:
@@ -124,9 +116,9 @@ def _range_batches(part: Part, src, storage, names, types, line_base: int) -> It
         )
         yield from reader
     except pa.ArrowInvalid as exc:
-        raise _csv_error(exc, raw, names, include, bad_rows) from None
+        raise csv_error(exc, raw, names, include, bad_rows) from None
     except (UnicodeDecodeError, pa.ArrowException) as exc:
-        raise DataError(f"{raw.key}: {raw.uri}: cannot read CSV ({_first_line(exc)})") from None
+        raise DataError(f"{raw.key}: {raw.uri}: cannot read CSV ({exc_summary(exc)})") from None
 
 
 def part_batches(part: Part, src, storage, names, types, line_base: int = 0) -> Iterator[pa.RecordBatch]:
@@ -247,7 +239,7 @@ class ParallelRead:
         return {c: sorted(v for v in seen[c] if v is not None) for c in plan.categorical}
 
     def encoded(self, plan, batch_encoder) -> Iterator:
-        """Every part's EncodedBatches, in input order (what prepare.serial_encoded yields, batched
+        """Every part's EncodedBatches, in input order (what batch_encoder.serial_encoded yields, batched
         differently)."""
         rows_before: dict[str, int] = {}  # data rows of the parts of each file seen so far
         try:
