@@ -26,8 +26,9 @@ from metaad_dist.train.artifacts import load_run
 from metaad_dist.train.checkpoint import STATE_FILE, read_state, write_state
 from metaad_dist.train.commands import run_location
 from metaad_dist.train.fusion import finish_training
-from metaad_dist.train.local import fit_network_only
-from metaad_dist.train.ray_trainer import FAULT_ENV, crossed, train_ray
+from metaad_dist.train.local import crossed, fit_network_only
+from metaad_dist.train.ray_trainer import train_ray
+from metaad_dist.train.ray_worker import FAULT_ENV
 from metaad_dist.train.setup import configure_torch, prepare_training
 
 WORKERS = 2
