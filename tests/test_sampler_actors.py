@@ -21,8 +21,8 @@ from metaad_dist.data.roles import FamilyRoles
 from metaad_dist.data.scaling import FeatureScaler
 from metaad_dist.data.views import build_training_view
 from metaad_dist.episodes.buffered import BufferedEpisodeSampler, EpisodeBlock
-from metaad_dist.episodes.sampler import EpisodeSampler
-from metaad_dist.episodes.shards import ShardReader, build_plan
+from metaad_dist.episodes.shard_reader import ShardReader
+from metaad_dist.episodes.shards import build_plan
 from metaad_dist.errors import ConfigError
 from metaad_dist.meta.labels import ClassLabeler
 

@@ -1,4 +1,4 @@
-"""Ray sampler actors: episodes streamed from a prepared dataset's Parquet shards (METHOD.md section 6).
+"""Ray sampler actors: episodes streamed from a prepared dataset's Parquet shards (docs/method.md section 6).
 
     pool = SamplerPool.from_training_setup(cfg, setup)     # or SamplerPool(cfg, scaler, labeler, budget_row_ids)
     episode = pool.episode(step * num_workers + rank)      # blocking; prefetched ahead
@@ -33,7 +33,8 @@ from metaad_dist.data.credentials import AwsSecrets, settings_env
 from metaad_dist.data.scaling import FeatureScaler
 from metaad_dist.episodes.buffered import BufferedEpisodeSampler, EpisodeBlock, SamplerPlan
 from metaad_dist.episodes.episode import Episode
-from metaad_dist.episodes.shards import COUNTERS, ShardReader, add_counters, build_plan
+from metaad_dist.episodes.shard_reader import COUNTERS, ShardReader, add_counters
+from metaad_dist.episodes.shards import build_plan
 from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.meta.labels import ClassLabeler
 

@@ -1,141 +1,43 @@
-"""Row-group I/O for the sampler actors: the plan (who reads what) and the streaming reader.
+"""The sampler actors' plan: who reads which row groups of a prepared dataset (reads: shard_reader.py).
 
 `build_plan` reads the row-id column (and split column) of the normal families to place their
 seed-split training rows (data/views.py, same functions) in row groups, and the budget rows of
-the meta families (the only meta rows ever kept). `ShardReader` streams a unit (row group) of a
-normal family in batches, keeps its training rows, scales them with the run's FeatureScaler
-and labels them with the run's ClassLabeler. Validation and held-out families are never opened.
-
-Both count, per family, what they touch (`COUNTERS`), so "zero reads of held-out families" and
-"only budget rows of meta families" are checkable.
+the meta families (the only meta rows ever kept), counting what it touches per family
+(shard_reader.COUNTERS). Validation and held-out families are never opened.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from collections import defaultdict
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metaad_dist.config import DataConfig, MetaConfig, SamplerConfig, StorageConfig
-from metaad_dist.data.manifest import ROW_ID, SPLIT, ShardCheck, family_shards
+from metaad_dist.data.manifest import ROW_ID, family_shards
 from metaad_dist.data.prepared import PreparedSource
 from metaad_dist.data.roles import FamilyRoles
 from metaad_dist.data.scaling import FeatureScaler
-from metaad_dist.data.storage import open_location, storage_errors
+from metaad_dist.data.storage import storage_errors
 from metaad_dist.data.views import budget_positions, check_meta_config, split_masks
 from metaad_dist.episodes.buffered import (
     FamilyLayout,
     IdSet,
-    Rows,
     SamplerPlan,
     assign_units,
     refill_period,
 )
+from metaad_dist.episodes.shard_reader import ShardFiles, features_of
 from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.meta.labels import ClassLabeler
-
-# files_opened: shard footers read; row_groups_read: row groups touched; id_rows_read: row ids
-# read (row-id column only); rows_read: rows whose features were decoded; rows_kept: rows handed
-# on to a buffer or budget pool; bytes_read: compressed bytes of the column chunks fetched.
-COUNTERS = ("files_opened", "row_groups_read", "id_rows_read", "rows_read", "rows_kept", "bytes_read")
-
-
-def new_counters() -> dict[str, dict[str, int]]:
-    return defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
-
-
-def add_counters(total: dict, part: dict) -> dict:
-    for family, counts in part.items():
-        mine = total.setdefault(family, dict.fromkeys(COUNTERS, 0))
-        for key, value in counts.items():
-            mine[key] = mine.get(key, 0) + int(value)
-    return total
-
-
-class _Files:
-    """Parquet files of one dataset (footers cached) and the per-family counters.
-
-    Each read opens its file afresh with the cached footer: a pre-buffering reader keeps the
-    bytes of the last row group it read, so readers held open per shard would grow with the
-    number of shards an actor touches (that is, with the dataset). The first open of a shard in
-    this process checks it against the manifest (`ShardCheck`: size, sha256, columns, rows); the
-    sha256 is hashed from a bounded stream, since row groups are read out of order and some never.
-    """
-
-    def __init__(self, uri: str, storage: StorageConfig, paths: list[str], check: ShardCheck):
-        self.location = open_location(uri, storage, create_bucket=False)
-        self.uri = uri
-        self.paths = paths
-        self.check = check
-        self.footers: dict[int, pq.FileMetaData] = {}
-        self.counters = new_counters()
-
-    @classmethod
-    def of(cls, source: PreparedSource, storage: StorageConfig) -> "_Files":
-        manifest = source.manifest
-        paths = [source.location.path(manifest["shard_root"], s["path"]) for s in manifest["shards"]]
-        return cls(source.uri, storage, paths, source.check)
-
-    def where(self, shard: int) -> str:
-        return self.check.where(shard)
-
-    def file(self, family: str, shard: int) -> pq.ParquetFile:
-        footer = self.footers.get(shard)
-        try:
-            with storage_errors(self.where(shard)):
-                if footer is None and self.check.needs_hash(shard):
-                    with self.location.fs.open_input_stream(self.paths[shard]) as stream:
-                        self.check.hash_stream(shard, stream)
-                handle = self.location.fs.open_input_file(self.paths[shard])
-                if footer is None:
-                    self.check.check_size(shard, handle.size())
-                pf = pq.ParquetFile(handle, metadata=footer, pre_buffer=True)
-        except FileNotFoundError:
-            raise self.check.fail(shard, "is missing") from None
-        if footer is None:
-            self.check.check_footer(shard, pf.metadata)
-            self.footers[shard] = pf.metadata
-            self.counters[family]["files_opened"] += 1
-        return pf
-
-    def chunk_bytes(self, pf: pq.ParquetFile, row_group: int, columns: list[str]) -> int:
-        meta = pf.metadata.row_group(row_group)
-        wanted = set(columns)
-        return sum(meta.column(i).total_compressed_size for i in range(meta.num_columns)
-                   if meta.column(i).path_in_schema in wanted)
-
-    def read_ids(self, family: str, shard: int, row_group: int, with_split: bool):
-        pf = self.file(family, shard)
-        columns = [ROW_ID] + ([SPLIT] if with_split else [])
-        with storage_errors(self.where(shard)):
-            table = pf.read_row_group(row_group, columns=columns, use_threads=False)
-        c = self.counters[family]
-        c["row_groups_read"] += 1
-        c["id_rows_read"] += table.num_rows
-        c["bytes_read"] += self.chunk_bytes(pf, row_group, columns)
-        ids = table.column(ROW_ID).to_numpy()
-        split = table.column(SPLIT).to_numpy(zero_copy_only=False).astype(str) if with_split else None
-        return ids, split
-
-
-def features_of(batch: pa.RecordBatch, first: int, keep: Optional[np.ndarray]) -> np.ndarray:
-    """Float32 row-major features from columns [first:] of a batch, rows where `keep`."""
-    columns = [batch.column(j).to_numpy() for j in range(first, batch.num_columns)]
-    if not columns:
-        return np.zeros((int(keep.sum()) if keep is not None else batch.num_rows, 0), dtype=np.float32)
-    x = np.stack(columns, axis=1).astype(np.float32, copy=False)  # one row-major pass, then one row filter
-    return x if keep is None else x[keep]
 
 
 # --------------------------------------------------------------------------- the plan
 
 
-def _check_sampler(s: SamplerConfig) -> None:
+def check_sampler(s: SamplerConfig) -> None:
     for key in ("num_actors", "buffer_rows", "batch_rows", "prefetch", "episodes_per_call"):
         if getattr(s, key) < 1:
             raise ConfigError(f"sampler.{key}={getattr(s, key)}; expected a positive integer")
@@ -149,7 +51,7 @@ def _check_sampler(s: SamplerConfig) -> None:
         raise ConfigError(f"sampler.actor_cpus={s.actor_cpus}; expected >= 0")
 
 
-def _units(source: PreparedSource, files: _Files, family: str) -> list[tuple[int, int, int]]:
+def row_group_units(source: PreparedSource, files: ShardFiles, family: str) -> list[tuple[int, int, int]]:
     """(shard index, row group, rows) of every row group of a family, in shard order."""
     index = {s["path"]: i for i, s in enumerate(source.manifest["shards"])}
     out = []
@@ -169,7 +71,7 @@ def _normal_layout(source, files, family: str, index: int, offset: int, data: Da
     the pool rows of each unit (the footers' row counts when there is no official split) and the
     id range; the second marks the training and validation ids in packed bit sets.
     """
-    units = _units(source, files, family)
+    units = row_group_units(source, files, family)
     pool_counts, bounds, footers = [], [], {}
     for shard, rg, rows in units:
         if shard not in footers:  # one open per shard: the row-id statistics are in its footer
@@ -230,10 +132,10 @@ def _row_group_range(pf: pq.ParquetFile, row_group: int) -> Optional[tuple[int, 
     return None
 
 
-def _budget_pool(source, files, family: str, given: Optional[np.ndarray], budget: int, seed: int,
+def budget_pool(source, files, family: str, given: Optional[np.ndarray], budget: int, seed: int,
                  scaler: FeatureScaler) -> tuple[np.ndarray, np.ndarray]:
     """(scaled features, row ids) of a meta family's budget pool, reading only row groups that hold it."""
-    units = _units(source, files, family)
+    units = row_group_units(source, files, family)
     if given is None:  # draw it as the training view does: from the family's train rows
         ids = []
         for shard, rg, _ in units:
@@ -272,7 +174,7 @@ def _budget_pool(source, files, family: str, given: Optional[np.ndarray], budget
     return scaler.transform(x[order]), ids[order]
 
 
-def normal_layouts(source: PreparedSource, files: "_Files", roles: FamilyRoles, data: DataConfig,
+def normal_layouts(source: PreparedSource, files: "ShardFiles", roles: FamilyRoles, data: DataConfig,
                    seed: int) -> list[FamilyLayout]:
     """Where the training (and validation) rows of every normal family lie, in data.normal order."""
     layouts, offset = [], 0
@@ -316,11 +218,11 @@ def build_plan(
 
     `layouts` (normal_layouts) saves reading the row ids again when the caller has them."""
     check_meta_config(meta)
-    _check_sampler(sampler)
+    check_sampler(sampler)
     source = PreparedSource(path, storage)
     roles = FamilyRoles.from_config(data, source.family_names())
     manifest = source.manifest
-    files = _Files.of(source, storage)
+    files = ShardFiles.of(source, storage)
     paths = files.paths
     scaler = FeatureScaler.from_state_dict(scaler_state)
     labeler = ClassLabeler.from_state_dict(labeler_state)
@@ -339,7 +241,7 @@ def build_plan(
     if unknown:
         raise ConfigError(f"budget_row_ids: family '{unknown[0]}' is not in data.meta {list(roles.meta)}")
     for family in roles.meta:
-        budget_x[family], budget_ids[family] = _budget_pool(
+        budget_x[family], budget_ids[family] = budget_pool(
             source, files, family, given.get(family) if budget_row_ids is not None else None,
             meta.budget, seed, scaler)
         if len(budget_ids[family]) == 0:
@@ -347,7 +249,7 @@ def build_plan(
     refill = max(1, int(round(sampler.refill_fraction * sampler.buffer_rows)))
     owned_by_family = [assign_units(layout, sampler.num_actors, sampler.buffer_rows, seed) for layout in layouts]
     owned = [[owned_by_family[f][a] for f in range(len(layouts))] for a in range(sampler.num_actors)]
-    _check_candidates(layouts, owned, meta, sampler)
+    check_candidates(layouts, owned, meta, sampler)
     plan = SamplerPlan(
         seed=seed,
         meta=meta,
@@ -380,7 +282,7 @@ def build_plan(
     return plan, {f: dict(c) for f, c in files.counters.items()}
 
 
-def _check_candidates(layouts, owned, meta: MetaConfig, sampler: SamplerConfig) -> None:
+def check_candidates(layouts, owned, meta: MetaConfig, sampler: SamplerConfig) -> None:
     from metaad_dist.episodes.schedule import cyclic_groups
 
     need = meta.n_support + meta.n_query
@@ -394,44 +296,3 @@ def _check_candidates(layouts, owned, meta: MetaConfig, sampler: SamplerConfig) 
                     f"of normal families {names} (sampler.buffer_rows={sampler.buffer_rows}, "
                     f"sampler.num_actors={sampler.num_actors}); raise sampler.buffer_rows or lower the others"
                 )
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-class ShardReader:
-    """Streams units of normal families for one actor: training rows only, scaled and labelled."""
-
-    def __init__(self, plan: SamplerPlan):
-        self.plan = plan
-        self.files = _Files(plan.uri, plan.storage, plan.shard_paths, plan.shard_check)
-        self.scaler = FeatureScaler.from_state_dict(plan.scaler_state)
-        self.labeler = ClassLabeler.from_state_dict(plan.labeler_state)
-        self.columns = [ROW_ID] + list(plan.feature_names)
-
-    @property
-    def counters(self) -> dict:
-        return {f: dict(c) for f, c in self.files.counters.items()}
-
-    def read_unit(self, layout: FamilyLayout, unit: int) -> Iterator[Rows]:
-        shard, rg = int(layout.shard[unit]), int(layout.row_group[unit])
-        pf = self.files.file(layout.name, shard)
-        c = self.files.counters[layout.name]
-        c["row_groups_read"] += 1
-        c["bytes_read"] += self.files.chunk_bytes(pf, rg, self.columns)
-        position = int(layout.first_position[unit])
-        with storage_errors(self.files.where(shard)):
-            batches = pf.iter_batches(batch_size=self.plan.batch_rows, row_groups=[rg], columns=self.columns,
-                                      use_threads=False)
-            for batch in batches:
-                ids = batch.column(0).to_numpy()
-                keep = layout.training_ids.contains(ids)
-                c["rows_read"] += batch.num_rows
-                k = int(keep.sum())
-                if not k:
-                    continue
-                x = self.scaler.transform(features_of(batch, 1, keep))
-                y = self.labeler.predict(x, np.full(k, layout.index, dtype=np.int64))
-                c["rows_kept"] += k
-                yield x, y, np.arange(position, position + k, dtype=np.int64)
-                position += k

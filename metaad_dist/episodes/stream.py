@@ -27,7 +27,8 @@ from metaad_dist.data.storage import storage_errors
 from metaad_dist.data.views import validation_positions
 from metaad_dist.episodes.buffered import BufferedEpisodeSampler, FamilyLayout, family_rng
 from metaad_dist.episodes.episode import Episode
-from metaad_dist.episodes.shards import ShardReader, _budget_pool, _Files, build_plan, features_of
+from metaad_dist.episodes.shard_reader import ShardFiles, ShardReader, features_of
+from metaad_dist.episodes.shards import budget_pool, build_plan
 from metaad_dist.meta.labels import ClassLabeler
 
 SAMPLE_PURPOSE = 7  # family_rng purpose of the fit sample's row-group choice (1-6 are taken)
@@ -57,7 +58,7 @@ def _chosen_units(layout: FamilyLayout, quota: int, seed: int) -> np.ndarray:
     return np.sort(order[taken])
 
 
-def read_fit_sample(files: _Files, layouts: list[FamilyLayout], feature_names: list[str], cap: int,
+def read_fit_sample(files: ShardFiles, layouts: list[FamilyLayout], feature_names: list[str], cap: int,
                     seed: int) -> FitSample:
     """Decode at most `cap` rows (at least one row group per family) of the normal families."""
     total = int(sum(int(layout.rows.sum()) for layout in layouts))
@@ -95,18 +96,18 @@ def read_fit_sample(files: _Files, layouts: list[FamilyLayout], feature_names: l
     )
 
 
-def train_row_ids(files: _Files, source, family: str) -> np.ndarray:
+def train_row_ids(files: ShardFiles, source, family: str) -> np.ndarray:
     """Row ids of a family's train rows (all rows without a split column), in row-id order."""
-    from metaad_dist.episodes.shards import _units
+    from metaad_dist.episodes.shards import row_group_units
 
     ids = []
-    for shard, rg, _ in _units(source, files, family):
+    for shard, rg, _ in row_group_units(source, files, family):
         unit_ids, split = files.read_ids(family, shard, rg, source.has_split)
         ids.append(unit_ids[split == "train"] if split is not None else unit_ids)
     return np.sort(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
 
 
-def read_validation_family(files: _Files, source, family: str, cap: int, seed: int) -> np.ndarray:
+def read_validation_family(files: ShardFiles, source, family: str, cap: int, seed: int) -> np.ndarray:
     """The raw rows of a validation family the in-memory view keeps (views.validation_positions),
     reading its row-id column and then only the row groups that hold those rows."""
     ids = train_row_ids(files, source, family)
@@ -114,9 +115,9 @@ def read_validation_family(files: _Files, source, family: str, cap: int, seed: i
     return read_rows_by_id(files, source, family, wanted)
 
 
-def read_rows_by_id(files: _Files, source, family: str, ids: np.ndarray) -> np.ndarray:
+def read_rows_by_id(files: ShardFiles, source, family: str, ids: np.ndarray) -> np.ndarray:
     """Raw features of these rows of `family`, in row-id order."""
-    x, _ = _budget_pool(source, files, family, ids, len(ids), 0, FeatureScaler("none"))
+    x, _ = budget_pool(source, files, family, ids, len(ids), 0, FeatureScaler("none"))
     return x
 
 

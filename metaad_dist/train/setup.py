@@ -269,14 +269,15 @@ def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSe
     row-id column (bits per row), statistics from a bounded fit sample, budget and validation
     rows fetched by id, episodes streamed (episodes/stream.py)."""
     from metaad_dist.data.views import check_meta_config
-    from metaad_dist.episodes.shards import _budget_pool, _check_candidates, _check_sampler, _Files, normal_layouts
+    from metaad_dist.episodes.shard_reader import ShardFiles
+    from metaad_dist.episodes.shards import budget_pool, check_candidates, check_sampler, normal_layouts
     from metaad_dist.episodes.buffered import assign_units
     from metaad_dist.episodes.stream import StreamingEpisodeSampler, read_fit_sample, read_validation_family
 
     check_meta_config(cfg.meta)
-    _check_sampler(cfg.sampler)
+    check_sampler(cfg.sampler)
     clock = _PhaseClock()
-    files = _Files.of(source, cfg.storage)
+    files = ShardFiles.of(source, cfg.storage)
     layouts = normal_layouts(source, files, roles, cfg.data, cfg.seed)
     clock.lap("layouts")
     training_rows = sum(layout.training_rows for layout in layouts)
@@ -287,7 +288,7 @@ def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSe
         )
     # Before any feature is read: can the buffers of every actor serve an episode?
     owned = [assign_units(layout, cfg.sampler.num_actors, cfg.sampler.buffer_rows, cfg.seed) for layout in layouts]
-    _check_candidates(layouts, [[o[a] for o in owned] for a in range(cfg.sampler.num_actors)], cfg.meta, cfg.sampler)
+    check_candidates(layouts, [[o[a] for o in owned] for a in range(cfg.sampler.num_actors)], cfg.meta, cfg.sampler)
     sample = read_fit_sample(files, layouts, source.feature_names, cfg.data.fit_sample_rows, cfg.seed)
     clock.lap("fit_sample_read")
     scaler = FeatureScaler(cfg.data.scaler, cfg.seed).fit(sample.train_x)
@@ -296,7 +297,7 @@ def build_streaming_setup(cfg: Config, source, roles: FamilyRoles) -> TrainingSe
     labeler.fit_transform(normal_x, sample.family_index)
     clock.lap("scaler_and_pseudo_classes")
     raw = FeatureScaler("none")
-    budget = {f: _budget_pool(source, files, f, None, cfg.meta.budget, cfg.seed, raw) for f in roles.meta}
+    budget = {f: budget_pool(source, files, f, None, cfg.meta.budget, cfg.seed, raw) for f in roles.meta}
     for family, (_, ids) in budget.items():
         if len(ids) == 0:
             raise ConfigError(f"data.meta: family '{family}' has no training rows to draw shots from")
