@@ -45,7 +45,7 @@ VARIANTS = [
      ["model.background_hidden=[]", "model.background_reads_input=false", BALANCED]),
     ("[1,1,1] no reconstruction term (lambda_rec=0)", ["meta.lambda_rec=0.0", BALANCED]),
     ("[1,1,1] no pseudo-classes (K=1)", ["model.pseudo_classes=1", BALANCED]),
-    # The optional parts of METHOD.md section 5, each switched on alone over the previous defaults.
+    # The optional parts of docs/method.md section 5, each switched on alone over the previous defaults.
     ("previous defaults + ODIN input perturbation, eps 2e-3 (outer loop and scoring)", PREVIOUS + ["model.odin_epsilon=0.002"]),
     ("previous defaults + ODIN input perturbation, eps 2e-2", PREVIOUS + ["model.odin_epsilon=0.02"]),
     ("previous defaults + PCGrad: family outer gradients vs the inner gradient", PREVIOUS + ["meta.pcgrad=true"]),
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         "Rows starting [1,1,1] switch one part off with the fusion fixed at equal weights (the default before the "
         "per-run choice), so each compares with the `fixed balanced fusion [1,1,1]` row.",
         "",
-        "The last rows switch on METHOD.md section 5's options one at a time on top of the previous defaults "
+        "The last rows switch on docs/method.md section 5's options one at a time on top of the previous defaults "
         "(they were measured before the reconstruction evidence), so each compares with the `previous defaults` "
         "row; an option becomes a default only if it raises mean held-out AUROC on both datasets. The "
         "reconstruction evidence (with the fusion candidates [1,0.5,0,0] / [0,1,1,1]) did, so it is the "

@@ -1,4 +1,4 @@
-"""Prepare throughput (METHOD.md section 8 style: side by side in one run, ratios).
+"""Prepare throughput (docs/method.md section 8 style: side by side in one run, ratios).
 
 Rows/s of `metaad prepare` (UNSW-NB15 config: 3 one-hot categoricals, 190 float32 features,
 10 families) from one plain CSV into

@@ -1,4 +1,4 @@
-"""Sampler throughput and memory (METHOD.md section 8; issue 4).
+"""Sampler throughput and memory (docs/method.md section 8; issue 4).
 
 Side by side in one run, on a synthetic dataset (benchmarks/make_synthetic.py) prepared into a
 real S3-compatible server on 127.0.0.1 (SeaweedFS, tests/s3_server.py):

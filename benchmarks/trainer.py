@@ -1,4 +1,4 @@
-"""Trainer throughput (METHOD.md section 8): the plain loop vs Ray Train with 1 and 2 workers.
+"""Trainer throughput (docs/method.md section 8): the plain loop vs Ray Train with 1 and 2 workers.
 
 Side by side in one run, per dataset (digits, and UNSW-NB15 prepared, with the quality
 benchmark's settings: model=mlp, quantile scaler, 10 shots, leave-one-family-out with Shellcode
@@ -73,7 +73,7 @@ from metaad_dist.train.setup import configure_torch, prepare_training  # noqa: E
 
 DATASETS = ("digits", "unsw_nb15")
 EPISODES = {"digits": 2000, "unsw_nb15": 600}  # unsw_nb15: the quality benchmark's meta.episodes
-UNSW_HELD_OUT = "Shellcode"  # a low-duplicate family (METHOD.md section 7), as configs/data/unsw_nb15.yaml
+UNSW_HELD_OUT = "Shellcode"  # a low-duplicate family (docs/method.md section 7), as configs/data/unsw_nb15.yaml
 
 
 def dataset_overrides(args, dataset: str) -> list[str]:

@@ -26,7 +26,7 @@ class FamilyRule:
 
 @dataclass
 class SourceConfig:
-    """How `metaad prepare` turns raw tables into Parquet shards (METHOD.md section 2)."""
+    """How `metaad prepare` turns raw tables into Parquet shards (docs/method.md section 2)."""
 
     train_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)
@@ -92,7 +92,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Encoder f, optional decoder g, head h and bounded temperature T (METHOD.md section 3)."""
+    """Encoder f, optional decoder g, head h and bounded temperature T (docs/method.md section 3)."""
 
     hidden_dims: list[int] = field(default_factory=lambda: [128, 64])
     embed_dim: int = 32
@@ -111,7 +111,7 @@ class ModelConfig:
     temperature_min: float = 0.3
     temperature_max: float = 1.05
     score: str = "msp"  # msp: 1 - max softmax | energy: -T logsumexp(logits / T)
-    # ODIN input perturbation x + eps * sign(grad_x log S(x)) (METHOD.md section 5), applied
+    # ODIN input perturbation x + eps * sign(grad_x log S(x)) (docs/method.md section 5), applied
     # in the outer loop and when scoring; 0 = off. Part of the model: checkpoints carry it.
     odin_epsilon: float = 0.0
     # Normal memory (model/memory.py): training normal rows kept for one-class evidence (kNN
@@ -154,7 +154,7 @@ class OptimizerConfig:
 
 @dataclass
 class MetaConfig:
-    """Episodes and the first-order bi-level update (METHOD.md sections 4-5)."""
+    """Episodes and the first-order bi-level update (docs/method.md sections 4-5)."""
 
     episodes: int = 600
     inner_steps: int = 1
@@ -184,7 +184,7 @@ class MetaConfig:
     # Episodes per optimizer step (per Ray Train worker): their rows are stacked into one batch and
     # each level steps on the mean of their losses; W workers x E equal one process with W*E.
     episodes_per_step: int = 1
-    # Options of METHOD.md section 5 (meta/pcgrad.py, meta/curriculum.py); off until an
+    # Options of docs/method.md section 5 (meta/pcgrad.py, meta/curriculum.py); off until an
     # ablation (benchmarks/ablations.py) shows they raise held-out AUROC.
     pcgrad: bool = False  # drop the part of each family's outer gradient that fights the inner one
     # > 0: each outer update uses this many meta families, the hardest (lowest confidence
@@ -238,7 +238,7 @@ class StorageConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation and the baselines beside the method (METHOD.md section 7, eval/baselines/)."""
+    """Evaluation and the baselines beside the method (docs/method.md section 7, eval/baselines/)."""
 
     baselines: list[str] = field(default_factory=lambda: ["inner_only", "isolation_forest"])
     output: Optional[str] = None  # report folder; default <run>/report
@@ -266,7 +266,7 @@ class EvalConfig:
 
 @dataclass
 class SamplerConfig:
-    """Ray sampler actors: episodes streamed from a prepared dataset's shards (METHOD.md section 6).
+    """Ray sampler actors: episodes streamed from a prepared dataset's shards (docs/method.md section 6).
 
     Each actor keeps a bounded buffer per normal family, refilled from Parquet row groups, and
     builds whole episodes; a family with at most `buffer_rows` training rows is held whole by

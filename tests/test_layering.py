@@ -162,3 +162,44 @@ def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path):
     assert circles(graph) == [sorted([f"{PACKAGE}.cli", f"{PACKAGE}.data.reader", f"{PACKAGE}.data.writer"])]
     commands = command_modules(graph)
     assert upward_imports(graph, commands) == [f"{PACKAGE}.data.writer (core) imports {PACKAGE}.cli (cli)"]
+
+
+# A module should do one job that its first line names; past about this many lines it does several
+# (docs/architecture.md). Counted with docstrings and comments: what a reader scrolls through.
+MAX_MODULE_LINES = 420
+
+
+def module_shape_problems(root: Path, package: str) -> list[str]:
+    """Modules over MAX_MODULE_LINES, or whose file does not open with a docstring saying what it is for."""
+    problems = []
+    for module, path in module_files(root, package).items():
+        text = path.read_text()
+        lines = text.count("\n") + (not text.endswith("\n") and bool(text))
+        if lines > MAX_MODULE_LINES:
+            problems.append(f"{module}: {lines} lines (at most {MAX_MODULE_LINES}); split it by responsibility")
+        body = ast.parse(text).body
+        first = body[0] if body else None
+        opens_with_docstring = (
+            isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+            and first.lineno == 1 and first.value.value.strip()
+        )
+        if not opens_with_docstring:
+            problems.append(f"{module}: the file's first line is not a docstring saying what the module is for")
+    return problems
+
+
+def test_every_module_is_small_and_says_what_it_is_for():
+    assert module_shape_problems(Path(metaad_dist.__file__).parent, PACKAGE) == []
+
+
+def test_the_shape_check_catches_a_long_module_and_a_missing_docstring(tmp_path):
+    root = tmp_path / "pkg"
+    root.mkdir()
+    (root / "__init__.py").write_text('"""A package."""\n')
+    (root / "long.py").write_text('"""Too long."""\n' + "x = 1\n" * MAX_MODULE_LINES)
+    (root / "bare.py").write_text("import os\n")
+    (root / "fine.py").write_text('"""Fine."""\nimport os\n')
+    problems = module_shape_problems(root, "pkg")
+    assert len(problems) == 2
+    assert problems[0].startswith("pkg.bare: the file's first line is not a docstring")
+    assert problems[1].startswith(f"pkg.long: {MAX_MODULE_LINES + 1} lines")

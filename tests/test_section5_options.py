@@ -1,4 +1,4 @@
-"""METHOD.md section 5 options: ODIN input perturbation, PCGrad, the hard-OOD curriculum."""
+"""docs/method.md section 5 options: ODIN input perturbation, PCGrad, the hard-OOD curriculum."""
 import numpy as np
 import pytest
 import torch

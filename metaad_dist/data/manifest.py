@@ -1,4 +1,4 @@
-"""manifest.json: what makes a folder of Parquet shards a prepared dataset (METHOD.md section 2).
+"""manifest.json: what makes a folder of Parquet shards a prepared dataset (docs/method.md section 2).
 
 Layout of a prepared dataset (a local folder or s3://bucket/prefix)::
 

@@ -1,4 +1,4 @@
-"""Family roles of one experiment (METHOD.md section 1) and their validation."""
+"""Family roles of one experiment (docs/method.md section 1) and their validation."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Feature scaling fitted on training normal rows only (METHOD.md section 7).
+"""Feature scaling fitted on training normal rows only (docs/method.md section 7).
 
 The scaler is part of every method: on NSL-KDD a QuantileTransformer instead of a
 StandardScaler moves peer AUROC from below chance to ~0.9. Its fitted state travels inside

@@ -1,4 +1,4 @@
-"""One episode of the multidirectional schedule (METHOD.md section 4)."""
+"""One episode of the multidirectional schedule (docs/method.md section 4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""The single operating threshold, chosen on validation data by maximising F1 (METHOD.md 5).
+"""The single operating threshold, chosen on validation data by maximising F1 (docs/method.md 5).
 
 Everywhere (score, evaluate, the estimator) a row is flagged when its score is strictly above
 the threshold.

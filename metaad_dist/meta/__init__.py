@@ -1,0 +1,1 @@
+"""The meta-learner in pure PyTorch: losses, the first-order inner/outer step, PCGrad and the episode curriculum."""

@@ -1,5 +1,5 @@
 """Hard-OOD curriculum: the meta families the head currently separates worst get into more
-outer updates (METHOD.md section 5, from the authors' draft).
+outer updates (docs/method.md section 5, from the authors' draft).
 
 Hardness is the confidence margin mean S(normal query) - mean S(family shots), averaged over
 episodes with momentum; each outer update draws `families` of them without replacement with

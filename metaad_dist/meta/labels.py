@@ -2,7 +2,7 @@
 
 Several normal families: the family is the class. A single normal family: K k-means
 pseudo-classes of its training rows, so the head has a non-trivial manifold to learn
-(the literal one-class BCE collapses; METHOD.md section 5).
+(the literal one-class BCE collapses; docs/method.md section 5).
 """
 from __future__ import annotations
 

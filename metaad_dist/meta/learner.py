@@ -1,4 +1,4 @@
-"""The first-order bi-level meta-learner, readable top to bottom (METHOD.md section 5).
+"""The first-order bi-level meta-learner, readable top to bottom (docs/method.md section 5).
 
 For one episode:
   1. inner loop (`inner_steps` times): shape the encoder on the normal support rows;

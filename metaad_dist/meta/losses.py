@@ -1,4 +1,4 @@
-"""Inner and outer objectives of the bi-level update (METHOD.md section 5).
+"""Inner and outer objectives of the bi-level update (docs/method.md section 5).
 
 Both take a model and tensors and return (loss, metrics); nothing here knows about episodes,
 optimizers or Ray.
@@ -31,7 +31,7 @@ def margin_penalty(s_normal: torch.Tensor, s_anomaly: torch.Tensor, margin: floa
 def inner_loss(model: MetaADModel, x: torch.Tensor, y: torch.Tensor, cfg: MetaConfig):
     """Shape a normal manifold: confidence BCE + class (or pseudo-class) CE + reconstruction.
 
-    The class term is what keeps the literal one-class BCE from collapsing (METHOD.md pitfall).
+    The class term is what keeps the literal one-class BCE from collapsing (docs/method.md pitfall).
     """
     z = model.encoder(x)
     logits = model.logits(z, x)

@@ -1,6 +1,6 @@
 """PCGrad: gradient surgery between conflicting objectives (Yu et al., "Gradient Surgery for
 Multi-Task Learning", NeurIPS 2020), used between the inner (normal-only) gradient and each
-meta family's outer gradient on the head (METHOD.md section 5).
+meta family's outer gradient on the head (docs/method.md section 5).
 
 Why: one family's shots can pull the head in a direction that undoes what the inner loop
 taught it about normal rows; projecting that family's gradient onto the normal plane of the

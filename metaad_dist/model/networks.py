@@ -1,4 +1,4 @@
-"""Encoder f_theta, optional decoder g_psi, head h_phi and bounded temperature (METHOD.md 3).
+"""Encoder f_theta, optional decoder g_psi, head h_phi and bounded temperature (docs/method.md 3).
 
 Pure PyTorch: no Ray, no config objects beyond plain arguments, so the same module runs in
 one process, inside Ray Train workers and in the scikit-learn-style estimator.

@@ -1,4 +1,4 @@
-"""Baselines run on the same split, budget and preprocessing as the method (METHOD.md 7).
+"""Baselines run on the same split, budget and preprocessing as the method (docs/method.md 7).
 
 Each module holds a numpy-in implementation (``fit_*(normal_x, anomaly_x, seed, ...) ->
 scorer``) on already-scaled features, and cites its paper. :func:`fit_baseline` adapts a
