@@ -13,6 +13,8 @@ fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing pinned dependencies into $VENV (first time: about a minute)"
   "$VENV/bin/python" -m pip install -q "pip==26.3"  # pinned like the rest
-  "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[test]"
+  # setuptools' editable-install notice (BuildBackendWarning) is not ours to act on: filtered by module.
+  PYTHONWARNINGS="ignore::UserWarning:setuptools.command.editable_wheel" \
+    "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[test]"
   echo "$want" > "$stamp"
 fi
