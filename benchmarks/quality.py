@@ -46,10 +46,15 @@ from metaad_dist.data.views import build_test_view  # noqa: E402
 from metaad_dist.errors import ConfigError, UserError  # noqa: E402
 from metaad_dist.eval.baselines import BASELINES, fit_baseline  # noqa: E402
 from metaad_dist.eval.metrics import detection_metrics  # noqa: E402
-from metaad_dist.train.setup import prepare_training  # noqa: E402
+from metaad_dist.train.setup import fusion_candidates, prepare_training  # noqa: E402
 
 METHOD = "metaad"
-ALL_METHODS = [METHOD, *BASELINES]
+# Ablations read off another method's fit, with no training of their own: each is scored by that
+# same fitted model with one setting switched, so it costs nothing and differs from it in that
+# setting only. oneclass_only: metaad's normal memory with the fusion forced to the one-class
+# candidate (network weight 0), i.e. what the network's evidence adds to the fused score.
+DERIVED = {"oneclass_only": METHOD}
+ALL_METHODS = [METHOD, *DERIVED, *BASELINES]
 DATASETS = ("unsw_nb15", "nsl_kdd", "tep")
 BUILTIN_DATASETS = ("digits",)  # no prepare step; for smoke runs
 # A mean over some folds reported beside the mean over all: (key in `overall`, column label, folds kept).
@@ -246,11 +251,44 @@ def fit_method(name: str, cfg, setup):
     def score(x):
         return model.anomaly_score(torch.as_tensor(x), cfg.model.score).numpy()
 
+    score.model = model  # for the ablations derived from this fit (DERIVED)
     score.fusion_weights = model.memory.weights.tolist() if model.memory is not None else None  # the run's choice
     choice = model.memory.choice if model.memory is not None else None
     if choice is not None:  # what it was chosen from: AUROC per candidate and held-out meta family
         score.fusion_choice = {"families": choice.families, "candidates": choice.candidates,
                                "aurocs": choice.aurocs.round(5).tolist()}
+    return score
+
+
+def one_class_weights(cfg, model) -> list[float]:
+    """The one-class fusion candidate (the first with network weight 0); without one among
+    model.fusion_candidates, the run's chosen weights with the network's set to 0."""
+    one_class = [c for c in fusion_candidates(cfg.model) or [] if c[0] == 0]
+    weights = one_class[0] if one_class else [0.0, *model.memory.weights.tolist()[1:]]
+    if sum(weights) <= 0:
+        raise ConfigError(f"oneclass_only: fusion weights {weights} without the network give no evidence")
+    return list(weights)
+
+
+def derive_method(name: str, cfg, parent):
+    """A scorer for the ablation `name` (DERIVED) from its parent method's fitted scorer."""
+    import torch
+
+    model = parent.model
+    if model.memory is None:
+        raise ConfigError(f"{name} needs metaad's normal memory (model.memory_rows > 0)")
+    weights = one_class_weights(cfg, model)
+
+    def score(x):
+        """Re-score with the one-class weights, then restore the run's own."""
+        kept = model.memory.weights.clone()
+        model.memory.set_weights(weights)
+        try:
+            return model.anomaly_score(torch.as_tensor(x), cfg.model.score).numpy()
+        finally:
+            model.memory.weights.copy_(kept)
+
+    score.fusion_weights = weights
     return score
 
 
@@ -261,16 +299,22 @@ def run_cell(args, dataset: str, fold: str, others: list[str], seed: int, budget
     normal_x = setup.scaler.transform(test.normal_x)
     held_x = setup.scaler.transform(test.held_out_x[fold])
     records = []
+    scorers, fit_seconds = {}, {}
     for method in methods:
         start = time.perf_counter()
-        scorer = fit_method(method, cfg, setup)
+        if method in DERIVED:  # no training: its parent's fit (run_grid puts the parent first)
+            scorer = derive_method(method, cfg, scorers[DERIVED[method]])
+            fit_seconds[method] = fit_seconds[DERIVED[method]]
+        else:
+            scorer = scorers[method] = fit_method(method, cfg, setup)
+            fit_seconds[method] = time.perf_counter() - start
         fitted = time.perf_counter()
         metrics = detection_metrics(scorer(normal_x), scorer(held_x))
         record = {
             "dataset": dataset, "fold": fold, "seed": seed, "budget": budget, "method": method,
             "scaler": args.scaler, "quick": args.quick, "overrides": list(args.set),
             **{k: metrics[k] for k in METRICS}, "n_normal": metrics["n_normal"], "n_anomaly": metrics["n_anomaly"],
-            "fit_seconds": fitted - start, "score_seconds": time.perf_counter() - fitted, "commit": git_commit(),
+            "fit_seconds": fit_seconds[method], "score_seconds": time.perf_counter() - fitted, "commit": git_commit(),
             "config_sha": cell_fingerprint(cfg),
         }
         for key in ("fusion_weights", "fusion_choice"):
@@ -309,7 +353,7 @@ def run_grid(args, log=print) -> tuple[list[dict], dict]:
         for budget in args.budgets:
             for seed in seeds:
                 for fold in folds:
-                    todo = []
+                    todo, cached = [], {}
                     others = [f for f in families if f != fold]
                     current = cell_fingerprint(compose_config(cell_overrides(args, dataset, fold, others, seed, budget)))
                     for method in args.methods:
@@ -322,7 +366,15 @@ def run_grid(args, log=print) -> tuple[list[dict], dict]:
                         if record is None:
                             todo.append(method)
                         else:
-                            records.append(record)
+                            cached[method] = record
+                    for derived, parent in DERIVED.items():
+                        # An ablation needs its parent's fit, and a refitted parent its ablations
+                        # again (they must come from the same fit): both or neither are computed.
+                        if derived in args.methods and (derived in todo) != (parent in todo):
+                            todo += [m for m in (parent, derived) if m not in todo]
+                            cached.pop(parent, None), cached.pop(derived, None)
+                    todo.sort(key=ALL_METHODS.index)
+                    records += cached.values()
                     if todo and not args.cached_only:
                         tasks.append((dataset, fold, others, seed, budget, todo))
     cells = sum(len(f) for f in folds_by_dataset.values()) * len(seeds) * len(args.budgets)

@@ -40,6 +40,11 @@ def test_quick_run_writes_report_with_summary_schema(quality, tmp_path, capsys):
         assert set(metrics) == {"auroc", "aupr", "fit_s"}
         assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["aupr"] <= 1.0 and metrics["fit_s"] > 0
     assert set(report["per_fold"]["digits"]["5"]["metaad"]) == {"8", "9"}
+    # oneclass_only: the same metaad fit re-scored with the one-class fusion candidate
+    oneclass, metaad = summary["digits"]["5"]["oneclass_only"], summary["digits"]["5"]["metaad"]
+    assert oneclass["fit_s"] == metaad["fit_s"]
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("*-oneclass_only.json")]
+    assert len(cells) == 2 and all(c["fusion_weights"][0] == 0.0 for c in cells)
     assert report["scaler"] == "quantile" and report["quick"] is True
     assert "QUICK" in md and "| metaad |" in md and "Scaler: **quantile**" in md
     assert "digits, budget 5" in printed
@@ -65,6 +70,11 @@ def test_quick_run_writes_report_with_summary_schema(quality, tmp_path, capsys):
     assert "2 cells, 2 complete in the cache, 0 to run" in capsys.readouterr().out
     again = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert again["summary"] == summary
+
+    # Rerunning the ablation alone refits its parent: both come from one fit, never two.
+    assert quality.main(quick_args(tmp_path, "--methods", "oneclass_only", "--rerun", "oneclass_only")) == 0
+    out = capsys.readouterr().out
+    assert "2 cells, 0 complete in the cache, 2 to run" in out and "metaad " in out and "oneclass_only " in out
 
     # Two worker processes compute the same cells to the same numbers (a fresh cache).
     parallel = tmp_path / "parallel"
