@@ -13,6 +13,7 @@ the returned model is still the one trained on every meta family.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -142,8 +143,17 @@ def fold_network(cfg: Config, setup: TrainingSetup, family: str, fit: FitNetwork
         meta=tuple(f for f in setup.roles.meta if f != family),
         held_out=setup.roles.held_out + (family,),
     )
-    sub_cfg = OmegaConf.merge(cfg, {"quiet": True, "model": {"memory_rows": 0}})
+    sub_cfg = OmegaConf.merge(
+        cfg, {"quiet": True, "model": {"memory_rows": 0}, "meta": {"episodes": fold_episodes(cfg)}}
+    )
     return fit(sub_cfg, setup_without(sub_cfg, setup, roles)).eval()
+
+
+def fold_episodes(cfg: Config) -> int:
+    """Episodes of a fold network: model.fusion_fold_episodes of the run's meta.episodes (at
+    least one). The folds only rank candidate weights against each other, so they need a network
+    shaped like the run's, not one as finished."""
+    return max(1, math.ceil(cfg.model.fusion_fold_episodes * cfg.meta.episodes))
 
 
 def setup_without(sub_cfg: Config, setup: TrainingSetup, roles) -> TrainingSetup:

@@ -69,6 +69,10 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.fusion_rule='{cfg.fusion_rule}'; expected one of {', '.join(FUSION_RULES)}")
     if cfg.fusion_folds < 1:
         raise ConfigError(f"model.fusion_folds={cfg.fusion_folds}; expected an integer >= 1")
+    if not 0 < cfg.fusion_fold_episodes <= 1:
+        raise ConfigError(
+            f"model.fusion_fold_episodes={cfg.fusion_fold_episodes}; expected a fraction of meta.episodes in (0, 1]"
+        )
     if fusion_candidates(cfg) is None:
         shown = [list(c) if isinstance(c, Sequence) else c for c in cfg.fusion_candidates]
         raise ConfigError(
