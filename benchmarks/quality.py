@@ -4,7 +4,7 @@ For each dataset, each anomaly family h is held out in turn (``data.held_out=[h]
 anomaly family is a ``meta`` family, no validation family); for each seed and each anomaly-shot
 budget B (labelled rows per meta family) one :func:`prepare_training` builds the split, the
 budget pools and the scaler, and every method trains on exactly that setup and is scored on the
-same test view (test normal rows + all test rows of h). METHOD.md section 7, ANCHORS.md.
+same test view (test normal rows + all test rows of h). docs/method.md section 7, ANCHORS.md.
 
     python benchmarks/quality.py                                  # the full grid (long)
     python benchmarks/quality.py --datasets nsl_kdd --seeds 3 --budgets 10 --scaler quantile
@@ -58,7 +58,7 @@ ALL_METHODS = [METHOD, *DERIVED, *BASELINES]
 DATASETS = ("unsw_nb15", "nsl_kdd", "tep")
 BUILTIN_DATASETS = ("digits",)  # no prepare step; for smoke runs
 # A mean over some folds reported beside the mean over all: (key in `overall`, column label, folds kept).
-# UNSW-NB15: folds whose rows rarely occur verbatim under another label (METHOD.md section 7).
+# UNSW-NB15: folds whose rows rarely occur verbatim under another label (docs/method.md section 7).
 # TEP: faults 3, 9 and 15 are widely reported to be indistinguishable from normal operation.
 FOLD_SUBSETS = {
     "unsw_nb15": ("low_duplicate", "low-dup folds", lambda fold: fold in {"Generic", "Shellcode", "Worms", "Reconnaissance"}),
@@ -521,7 +521,7 @@ def provenance_of(records: list[dict]) -> dict:
 def markdown_report(agg: dict, args, seconds: float, command: str, provenance: dict, fusion: dict, carried: dict) -> str:
     seeds = list(range(args.seeds))
     lines = [
-        "# Quality benchmark: leave-one-family-out (METHOD.md section 7)",
+        "# Quality benchmark: leave-one-family-out (docs/method.md section 7)",
         "",
         f"Scaler: **{args.scaler}** (fitted on training normal rows only). Seeds {seeds} (the `seeds` column: how "
         f"many of them a row has{', cells missing from the cache are left out' if args.cached_only else ''}); budgets "
