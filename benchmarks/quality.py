@@ -370,7 +370,8 @@ def run_grid(args, log=print) -> tuple[list[dict], dict]:
                     for derived, parent in DERIVED.items():
                         # An ablation needs its parent's fit, and a refitted parent its ablations
                         # again (they must come from the same fit): both or neither are computed.
-                        if derived in args.methods and (derived in todo) != (parent in todo):
+                        # --cached-only computes nothing, so it reports whichever of them is cached.
+                        if not args.cached_only and derived in args.methods and (derived in todo) != (parent in todo):
                             todo += [m for m in (parent, derived) if m not in todo]
                             cached.pop(parent, None), cached.pop(derived, None)
                     todo.sort(key=ALL_METHODS.index)
