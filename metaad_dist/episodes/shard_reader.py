@@ -92,15 +92,20 @@ class ShardFiles:
         return sum(meta.column(i).total_compressed_size for i in range(meta.num_columns)
                    if meta.column(i).path_in_schema in wanted)
 
-    def read_ids(self, family: str, shard: int, row_group: int, with_split: bool):
-        pf = self.file(family, shard)
-        columns = [ROW_ID] + ([SPLIT] if with_split else [])
+    def read_row_group(self, pf: pq.ParquetFile, family: str, shard: int, row_group: int, columns: list[str],
+                       rows_counter: str) -> pa.Table:
+        """`columns` of one row group of `pf` (this family's shard `shard`), counted as read."""
         with storage_errors(self.where(shard)):
             table = pf.read_row_group(row_group, columns=columns, use_threads=False)
         c = self.counters[family]
         c["row_groups_read"] += 1
-        c["id_rows_read"] += table.num_rows
+        c[rows_counter] += table.num_rows
         c["bytes_read"] += self.chunk_bytes(pf, row_group, columns)
+        return table
+
+    def read_ids(self, family: str, shard: int, row_group: int, with_split: bool):
+        columns = [ROW_ID] + ([SPLIT] if with_split else [])
+        table = self.read_row_group(self.file(family, shard), family, shard, row_group, columns, "id_rows_read")
         ids = table.column(ROW_ID).to_numpy()
         split = table.column(SPLIT).to_numpy(zero_copy_only=False).astype(str) if with_split else None
         return ids, split

@@ -20,7 +20,6 @@ from metaad_dist.data.manifest import ROW_ID, family_shards
 from metaad_dist.data.prepared import PreparedSource
 from metaad_dist.data.roles import FamilyRoles
 from metaad_dist.data.scaling import FeatureScaler
-from metaad_dist.data.storage import storage_errors
 from metaad_dist.data.views import budget_positions, check_meta_config, split_masks
 from metaad_dist.episodes.buffered import (
     FamilyLayout,
@@ -152,19 +151,14 @@ def budget_pool(source, files, family: str, given: Optional[np.ndarray], budget:
         bounds = _row_group_range(pf, rg)
         if bounds is not None and not ((wanted >= bounds[0]) & (wanted <= bounds[1])).any():
             continue  # statistics say no budget row lies here: never fetched
-        with storage_errors(files.where(shard)):
-            table = pf.read_row_group(rg, columns=columns, use_threads=False)
-        c = files.counters[family]
-        c["row_groups_read"] += 1
-        c["rows_read"] += table.num_rows
-        c["bytes_read"] += files.chunk_bytes(pf, rg, columns)
+        table = files.read_row_group(pf, family, shard, rg, columns, "rows_read")
         for batch in table.to_batches():
             ids = batch.column(0).to_numpy()
             keep = np.isin(ids, wanted)
             if keep.any():
                 found_ids.append(ids[keep])
                 found_x.append(features_of(batch, 1, keep))
-                c["rows_kept"] += int(keep.sum())
+                files.counters[family]["rows_kept"] += int(keep.sum())
     ids = np.concatenate(found_ids) if found_ids else np.zeros(0, dtype=np.int64)
     if len(ids) != len(wanted):
         missing = np.setdiff1d(wanted, ids)[:3].tolist()
