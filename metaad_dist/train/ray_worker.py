@@ -173,7 +173,7 @@ def train_worker(config: dict) -> None:
         if not (validate or save or crossed(before, done, t.log_every)):
             continue
 
-        # Every worker reaches this point at the same steps: report() is a barrier.
+        # Every worker reaches this point at the same steps: the collectives below are barriers.
         reporting = time.perf_counter()
         row = {**metrics_as_floats(metrics), **window.close(per_step, averager.seconds)}
         if world > 1:
@@ -202,12 +202,16 @@ def train_worker(config: dict) -> None:
                 "seconds": seconds_before + time.perf_counter() - start,
                 "config": OmegaConf.to_yaml(cfg),
             })
-        ray.train.report(
-            row,
-            checkpoint=ckpt,
-            checkpoint_dir_name=checkpoint_dir_name(done) if save else None,
-            delete_local_checkpoint_after_upload=ckpt is not None,
-        )
+        if validate or save:
+            # Only validations and checkpoints go through Ray Train (and on to Tune, whose trials
+            # report at validations only): a log line is printed and kept in the history, since
+            # each report is a barrier of every worker with the driver, costing several ms.
+            ray.train.report(
+                row,
+                checkpoint=ckpt,
+                checkpoint_dir_name=checkpoint_dir_name(done) if save else None,
+                delete_local_checkpoint_after_upload=ckpt is not None,
+            )
         totals["report_s"] += time.perf_counter() - reporting
         window = Window(averager.seconds)
     prefetch.shutdown()  # the shared pool's actors belong to the driver, which stops them
