@@ -17,8 +17,13 @@ loop, which these rows do not time.
   ray2_speedup          = ray2 episodes/s / local episodes/s  (digits; _unsw: UNSW-NB15)
   two_process_ceiling   = summed episodes/s of two plain loops run at once / local episodes/s:
                           what two processes get from this machine at all (local_x2 row)
-  ray2_auroc_delta      = held-out AUROC of the ray2 network minus the local one's (network
-                          score, no memory: what the loop trained), per dataset
+  ray2_auroc_delta      = held-out AUROC of the ray2 network minus that of local_same_updates
+                          (network score, no memory: what the loop trained), per dataset.
+                          local_same_updates is the plain loop at 2E episodes per step: the
+                          same optimizer updates as ray2 (2 workers x E), which local at E is not
+                          (it takes twice as many steps over the same episodes)
+  ray2_speedup_same_updates = ray2 episodes/s / local_same_updates episodes/s (the plain loop
+                          batching all 2E episodes in one process, so a bigger batch per forward)
   sampler_wait_fraction = share of the Ray workers' loop time spent waiting for the next
                           episode (the larger of ray1 and ray2)
   fit_phases_s          = one full local fit on UNSW-NB15 (memory on, default fusion): seconds
@@ -247,10 +252,11 @@ def fit_phases(base: list[str]) -> dict:
 
 def ratios(best: dict, runs: dict) -> dict:
     local, ray1, ray2 = (best[k]["episodes_per_s"] for k in ("local", "ray1", "ray2"))
+    same = runs["local_same_updates"][0]
     median = {k: statistics.median(row["episodes_per_s"] for row in v) for k, v in runs.items()}
     # CPU time of the training process(es) per episode, lowest of the repeats: what Ray adds in
     # work, whatever else runs on the machine (Ray's controller and raylet not counted).
-    cpu = {k: min(row["cpu_ms_per_episode"] for row in v) for k, v in runs.items() if k != "local_x2"}
+    cpu = {k: min(row["cpu_ms_per_episode"] for row in v) for k, v in runs.items() if "cpu_ms_per_episode" in v[0]}
     return {
         "ray1_overhead": local / ray1 - 1,
         "ray2_speedup": ray2 / local,
@@ -258,8 +264,13 @@ def ratios(best: dict, runs: dict) -> dict:
         # Two independent plain loops at once, over one: the most 2 processes get from this machine.
         "two_process_ceiling": best["local_x2"]["episodes_per_s"] / local,
         "ray2_of_ceiling": (ray2 / local) / (best["local_x2"]["episodes_per_s"] / local),
-        "ray2_auroc_delta": runs["ray2"][0]["held_out_auroc"] - runs["local"][0]["held_out_auroc"],
-        "held_out_auroc": {"local": runs["local"][0]["held_out_auroc"], "ray2": runs["ray2"][0]["held_out_auroc"]},
+        "ray2_speedup_same_updates": ray2 / best["local_same_updates"]["episodes_per_s"],
+        "ray2_auroc_delta": runs["ray2"][0]["held_out_auroc"] - same["held_out_auroc"],
+        "held_out_auroc": {
+            "local": runs["local"][0]["held_out_auroc"],
+            "local_same_updates": same["held_out_auroc"],
+            "ray2": runs["ray2"][0]["held_out_auroc"],
+        },
         "sampler_wait_fraction": max(best["ray1"]["sampler_wait_fraction"], best["ray2"]["sampler_wait_fraction"]),
         "cpu_ms_per_episode": cpu,
         "ray1_cpu_overhead": cpu["ray1"] / cpu["local"] - 1,
@@ -273,19 +284,20 @@ def ratios(best: dict, runs: dict) -> dict:
 
 
 def print_table(dataset: str, best: dict, summary: dict) -> None:
-    print(f"\n{dataset}\n{'variant':<8} {'episodes/s':>11} {'loop s':>8} {'wall s':>8} {'sampler wait':>13} "
+    print(f"\n{dataset}\n{'variant':<18} {'episodes/s':>11} {'loop s':>8} {'wall s':>8} {'sampler wait':>13} "
           f"{'all-reduce':>11} {'reports':>8} {'CPU ms/ep':>10} {'held-out':>9}")
     pct = lambda row, key: f"{100 * row[key]:.2f}%" if row.get(key) is not None else "-"  # noqa: E731
     num = lambda row, key, spec: format(row[key], spec) if row.get(key) is not None else "-"  # noqa: E731
     for k, row in best.items():
-        print(f"{k:<8} {row['episodes_per_s']:>11.1f} {num(row, 'loop_seconds', '.2f'):>8} "
+        print(f"{k:<18} {row['episodes_per_s']:>11.1f} {num(row, 'loop_seconds', '.2f'):>8} "
               f"{num(row, 'wall_seconds', '.1f'):>8} {pct(row, 'sampler_wait_fraction'):>13} "
               f"{pct(row, 'allreduce_fraction'):>11} {pct(row, 'report_fraction'):>8} "
               f"{num(row, 'cpu_ms_per_episode', '.2f'):>10} {num(row, 'held_out_auroc', '.4f'):>9}")
     print(
         f"ray1_overhead {100 * summary['ray1_overhead']:.1f}%, ray2_speedup {summary['ray2_speedup']:.2f}x over local "
         f"(two independent plain loops reach {summary['two_process_ceiling']:.2f}x: ray2 at "
-        f"{summary['ray2_of_ceiling']:.2f} of it), ray2_auroc_delta {summary['ray2_auroc_delta']:+.4f}, "
+        f"{summary['ray2_of_ceiling']:.2f} of it; {summary['ray2_speedup_same_updates']:.2f}x over the plain loop "
+        f"at 2E per step), ray2_auroc_delta {summary['ray2_auroc_delta']:+.4f} (vs that loop), "
         f"sampler_wait_fraction {100 * summary['sampler_wait_fraction']:.2f}%; median runs: ray2_speedup "
         f"{summary['median']['ray2_speedup']:.2f}x, ceiling {summary['median']['two_process_ceiling']:.2f}x"
     )
@@ -312,7 +324,7 @@ def main() -> int:
     for dataset in args.datasets:
         if dataset != "digits":
             ensure_prepared(dataset, args.data_root)
-    runs = {d: {"local": [], "ray1": [], "ray2": [], "local_x2": []} for d in args.datasets}
+    runs = {d: {"local": [], "ray1": [], "ray2": [], "local_x2": [], "local_same_updates": []} for d in args.datasets}
     load_before = os.getloadavg()
     phases = None
     with tempfile.TemporaryDirectory(prefix="metaad-bench-trainer-") as tmp:
@@ -329,6 +341,9 @@ def main() -> int:
                     rows["ray1"].append(run_ray(base, 1, f"{dataset}-ray1-{r}"))
                     rows["ray2"].append(run_ray(base, 2, f"{dataset}-ray2-{r}", auroc=r == 0))
                     rows["local_x2"].append(run_two_independent(base))
+                    if r == 0:  # the reference for ray2's held-out AUROC: the same updates, one process
+                        same = [*base, f"meta.episodes_per_step={2 * args.episodes_per_step}"]
+                        rows["local_same_updates"].append(run_local(same, auroc=True))
                     print(f"repeat {r + 1}/{args.repeats} {dataset}: " + ", ".join(
                         f"{k} {v[-1]['episodes_per_s']:.1f} episodes/s" for k, v in rows.items()
                     ), flush=True)
@@ -355,6 +370,7 @@ def main() -> int:
         "two_process_ceiling": per_dataset[first]["two_process_ceiling"],
         "sampler_wait_fraction": max(p["sampler_wait_fraction"] for p in per_dataset.values()),
         "ray2_auroc_delta": {d: p["ray2_auroc_delta"] for d, p in per_dataset.items()},
+        "ray2_speedup_same_updates": {d: p["ray2_speedup_same_updates"] for d, p in per_dataset.items()},
     }
     if "unsw_nb15" in per_dataset:
         summary["ray2_speedup_unsw"] = per_dataset["unsw_nb15"]["ray2_speedup"]
