@@ -11,10 +11,10 @@ on CPU with gloo). ``meta.episodes`` counts the episodes of all workers together
 all-reduces per step cost a wait for the slowest worker each, whatever E is, so a larger E
 amortises them over more episodes.
 
-After the loop the run's fusion folds (`fusion.fold_plan`) train in parallel, fold ``f`` on
-worker ``f mod W`` with the single-process loop at ``W*E`` episodes per step (so each fold
-network is trained as the run's own network was), while rank 0 also fills the normal memory;
-rank 0 gathers the fold networks and chooses the fusion weights, as one process with
+After the loop the run's fusion folds (`fusion.fold_plan`) train in parallel, each with the
+single-process loop at ``W*E`` episodes per step (so each fold network is trained as the run's
+own network was): the workers take them from a shared queue, rank 0 once it has filled the
+normal memory; rank 0 gathers the fold networks and chooses the fusion weights, as one process with
 ``meta.episodes_per_step = W*E`` would.
 
 Checkpoints (`checkpoint.py`) go to the run's storage every ``trainer.checkpoint_every``

@@ -48,6 +48,7 @@ from metaad_dist.train.setup import configure_torch, prepare_training
 
 BACKENDS = ("auto", "gloo", "nccl")
 FAULT_ENV = "METAAD_FAULT_AFTER_EPISODES"
+FOLD_QUEUE_KEY = "metaad/fusion/next_fold"  # fold_queue's counter in the process group's store
 SHOWN = ("inner_loss", "outer_loss", "confidence_margin", "temperature", "val_auroc", "episodes_per_s")
 
 
@@ -230,10 +231,14 @@ def train_worker(config: dict) -> None:
 
 
 def finish_in_parallel(cfg, setup, model, rank: int, world: int, log) -> dict:
-    """`fusion.finish_training` spread over the workers: fold f trains on worker f mod W, at
-    W*E episodes per step like the run itself; rank 0 fills the memory first, then gathers
-    the fold networks and chooses the weights. Every worker calls it (the gather is a barrier).
-    Returns, for metrics.json, the folds each worker trained and the seconds each part took."""
+    """`fusion.finish_training` spread over the workers. The fold networks (each trained at
+    W*E episodes per step like the run itself) are a shared queue (`fold_queue`): every worker
+    takes the next untrained fold until none is left, rank 0 only once it has filled the
+    normal memory (on UNSW-NB15 as long as three or four folds), so no worker idles while
+    another works. Rank 0 then gathers the fold networks and chooses the weights; which worker
+    trained a fold does not change its network (seeded by its family). Every worker calls it
+    (the gather is a barrier). Returns, for metrics.json, the folds each worker trained and the
+    seconds each part took."""
     started = time.perf_counter()
     fold_cfg = OmegaConf.merge(cfg, {"meta": {"episodes_per_step": world * cfg.meta.episodes_per_step}})
     families = fold_plan(fold_cfg, setup, model, fit_network_only)
@@ -242,7 +247,8 @@ def finish_in_parallel(cfg, setup, model, rank: int, world: int, log) -> dict:
         setup.finish_model(model, cfg.model.score, cfg.seed)
         memory_s = time.perf_counter() - started
     folds_started = time.perf_counter()
-    mine = {f: fold_network(fold_cfg, setup, f, fit_network_only).cpu() for f in families[rank::world]}
+    mine = {families[i]: fold_network(fold_cfg, setup, families[i], fit_network_only).cpu()
+            for i in fold_queue(len(families), world)}
     report = {"rank": rank, "folds": list(mine), "fold_seconds": time.perf_counter() - folds_started, "memory_seconds": memory_s}
     if world > 1:
         gathered: list = [None] * world
@@ -259,6 +265,19 @@ def finish_in_parallel(cfg, setup, model, rank: int, world: int, log) -> dict:
         "memory_seconds": memory_s,
         "seconds": time.perf_counter() - started,
     }
+
+
+def fold_queue(folds: int, world: int):
+    """Indices 0..folds-1, each handed to exactly one of the `world` workers calling this, in
+    the order they ask: an atomic counter in the process group's key-value store (the
+    TCPStore torch.distributed rendezvoused through; a fresh one for each worker group Ray
+    starts, so a restarted group counts from 0 again)."""
+    if world == 1:
+        yield from range(folds)
+        return
+    store = dist.distributed_c10d._get_default_store()
+    while (index := store.add(FOLD_QUEUE_KEY, 1) - 1) < folds:
+        yield index
 
 
 def quiet_report_log() -> None:
