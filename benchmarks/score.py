@@ -7,7 +7,8 @@ tiled with noise) are written as Parquet files of --file-rows rows: --rows rows 
   - the in-process path (`metaad score` on one file, scoring.score_in_process) on the 1x rows,
   - the Ray Data path (score_command.score_command on the 1x folder) on a warm local Ray instance;
 then the Ray Data path once on the 10x folder. peak_rss_bytes: the peak, sampled every 0.1 s,
-of the summed RSS of this process and all its descendants (Ray's workers included).
+of the summed PSS (resident memory, shared pages split among their mappers) of this process and
+all its descendants (Ray's raylet, object store and workers included).
 
     .venv/bin/python benchmarks/score.py [--rows 1000000] [--repeats 2]
 
@@ -37,10 +38,13 @@ import pyarrow.parquet as pq  # noqa: E402
 
 
 def tree_rss(root: int) -> int:
-    """Summed RSS of `root` and its descendants, from /proc (no psutil in the pinned environment)."""
+    """Summed proportional set size (PSS) of `root` and its descendants, from /proc.
+
+    PSS, not RSS: Ray's object store is shared memory mapped by the raylet and by every worker
+    that reads a block, and summing RSS would count each shared page once per mapper. PSS splits
+    a shared page among its mappers, so the sum is the memory the process tree really holds.
+    """
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -50,17 +54,27 @@ def tree_rss(root: int) -> int:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))  # fields[1]: ppid
-        rss[int(entry)] = int(fields[21]) * page  # rss in pages
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        total += _pss(pid)
         todo += children.get(pid, [])
     return total
 
 
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # the process ended meanwhile
+        pass
+    return 0
+
+
 class PeakRss:
-    """Peak summed RSS of this process tree while the block runs."""
+    """Peak summed PSS of this process tree while the block runs."""
 
     def __enter__(self):
         self.peak, self._stop = 0, threading.Event()

@@ -306,6 +306,10 @@ class ScoreConfig:
     batch_rows: int = 65536  # rows per scored batch (bounds each actor's memory)
     # A single input file up to this size is scored in this process, without starting Ray.
     in_process_max_bytes: int = 64 << 20
+    # Object-store bytes Ray Data may hold in flight for this job (the bound on memory whatever
+    # the input size: the streaming executor backpressures reads when it is reached); 0: Ray's own
+    # default, a share of the node's object store, which grows with the machine, not the input.
+    object_store_bytes: int = 1 << 30
 
 
 @dataclass

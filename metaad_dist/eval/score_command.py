@@ -22,8 +22,8 @@ def score_command(cfg) -> None:
     one_file = output.endswith(".parquet")
     if not one_file and output.lower().endswith(FILE_OUTPUT_SUFFIXES):
         raise ConfigError(f"output={cfg.output}; expected a .parquet file name or a folder (scores are written as Parquet)")
-    for key in ("concurrency", "batch_rows", "in_process_max_bytes"):
-        if getattr(cfg.score, key) < (0 if key == "concurrency" else 1):
+    for key in ("concurrency", "batch_rows", "in_process_max_bytes", "object_store_bytes"):
+        if getattr(cfg.score, key) < (0 if key in ("concurrency", "object_store_bytes") else 1):
             raise ConfigError(f"score.{key}={getattr(cfg.score, key)}; expected a positive integer")
     run = run_location(cfg)
     trained, payload = load_run(run)

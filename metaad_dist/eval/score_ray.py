@@ -88,6 +88,9 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not cfg.quiet
+        if cfg.score.object_store_bytes > 0:
+            ctx.execution_options.resource_limits = ray.data.ExecutionResources(
+                object_store_memory=float(cfg.score.object_store_bytes))
         in_fs, out_fs = ray_storage(source)[1], ray_storage(out.location)[1]
         encoder = payload.get("encoder")
         parts = []
