@@ -23,8 +23,10 @@ def score_command(cfg) -> None:
     if not one_file and output.lower().endswith(FILE_OUTPUT_SUFFIXES):
         raise ConfigError(f"output={cfg.output}; expected a .parquet file name or a folder (scores are written as Parquet)")
     for key in ("concurrency", "batch_rows", "in_process_max_bytes", "object_store_bytes"):
-        if getattr(cfg.score, key) < (0 if key in ("concurrency", "object_store_bytes") else 1):
-            raise ConfigError(f"score.{key}={getattr(cfg.score, key)}; expected a positive integer")
+        zero_allowed = key in ("concurrency", "object_store_bytes")  # 0: Ray's own default
+        if getattr(cfg.score, key) < (0 if zero_allowed else 1):
+            expected = "an integer >= 0 (0: Ray's default)" if zero_allowed else "a positive integer"
+            raise ConfigError(f"score.{key}={getattr(cfg.score, key)}; expected {expected}")
     run = run_location(cfg)
     trained, payload = load_run(run)
     source, files = list_inputs(cfg.input, cfg.storage)

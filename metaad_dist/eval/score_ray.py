@@ -88,9 +88,10 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not cfg.quiet
-        if cfg.score.object_store_bytes > 0:
-            ctx.execution_options.resource_limits = ray.data.ExecutionResources(
-                object_store_memory=float(cfg.score.object_store_bytes))
+        # The context is per process: set the cap for this job only, so a later dataset in the
+        # same driver (a test, a benchmark, a second score call) is not limited by it.
+        ctx.execution_options.resource_limits = ray.data.ExecutionResources(
+            object_store_memory=float(cfg.score.object_store_bytes) if cfg.score.object_store_bytes > 0 else None)
         in_fs, out_fs = ray_storage(source)[1], ray_storage(out.location)[1]
         encoder = payload.get("encoder")
         parts = []
