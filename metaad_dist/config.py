@@ -304,6 +304,10 @@ class ScoreConfig:
     # actors would starve them).
     cpus_per_actor: float = 0.5
     batch_rows: int = 65536  # rows per scored batch (bounds each actor's memory)
+    # Blocks queued on one actor at a time. 1: a block waits for an idle actor instead of queuing
+    # behind a busy one (with Ray's default, the first actor ready took a small input's every
+    # block while the others idled).
+    tasks_per_actor: int = 1
     # A single input file up to this size is scored in this process, without starting Ray.
     in_process_max_bytes: int = 64 << 20
     # Object-store bytes Ray Data may hold in flight for this job (the bound on memory whatever

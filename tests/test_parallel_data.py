@@ -21,7 +21,7 @@ import pytest
 from metaad_dist.config import StorageConfig
 from metaad_dist.data.prepare import prepare_dataset
 from metaad_dist.data.prepared import PreparedSource
-from metaad_dist.errors import DataError
+from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.eval.score_command import score_command
 from metaad_dist.eval.scoring import MARKER
 from test_prepare import COUNTS, synth_data, synth_rows, write_csv
@@ -236,3 +236,14 @@ def test_score_refuses_a_folder_holding_other_files(compose, digits_run, tmp_pat
     with pytest.raises(DataError, match="holds 'notes.txt', which is not a metaad score output"):
         _score(compose, digits_run, tmp_path / "all.parquet", tmp_path / "out")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("score.tasks_per_actor=0", "score.tasks_per_actor=0; expected a positive integer"),
+    ("score.batch_rows=0", "score.batch_rows=0; expected a positive integer"),
+    ("score.object_store_bytes=-1", "score.object_store_bytes=-1; expected an integer >= 0 (0: Ray's default)"),
+])
+def test_score_settings_out_of_range_are_one_line_naming_the_key(compose, digits_run, tmp_path, setting, expected):
+    with pytest.raises(ConfigError) as err:
+        _score(compose, digits_run, tmp_path / "all.parquet", tmp_path / "out", setting)
+    assert str(err.value) == expected

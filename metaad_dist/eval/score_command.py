@@ -22,7 +22,7 @@ def score_command(cfg) -> None:
     one_file = output.endswith(".parquet")
     if not one_file and output.lower().endswith(FILE_OUTPUT_SUFFIXES):
         raise ConfigError(f"output={cfg.output}; expected a .parquet file name or a folder (scores are written as Parquet)")
-    for key in ("concurrency", "batch_rows", "in_process_max_bytes", "object_store_bytes"):
+    for key in ("concurrency", "batch_rows", "tasks_per_actor", "in_process_max_bytes", "object_store_bytes"):
         zero_allowed = key in ("concurrency", "object_store_bytes")  # 0: Ray's own default
         if getattr(cfg.score, key) < (0 if zero_allowed else 1):
             expected = "an integer >= 0 (0: Ray's default)" if zero_allowed else "a positive integer"

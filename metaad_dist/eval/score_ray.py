@@ -115,7 +115,7 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
                                  int(cfg.trainer.torch_threads)),
             batch_format="pyarrow",
             batch_size=cfg.score.batch_rows,
-            compute=ray.data.ActorPoolStrategy(size=actors),
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=cfg.score.tasks_per_actor),
             num_cpus=cpus,
             num_gpus=1 if device.startswith("cuda") else None,
         )
