@@ -64,7 +64,8 @@ class TensorIsolationForest(nn.Module):
 
         Every row walks every tree at once, one level per iteration. Nodes are addressed by a
         global id (tree * max_nodes + node) into the flattened tables, so each level is a few
-        1-D gathers rather than multi-dimensional indexing (about 3x faster on a CPU). A leaf
+        1-D gathers rather than multi-dimensional indexing (1.1-1.5x faster on one CPU core,
+        measured on 65k rows x 100 trees; same depths). A leaf
         is its own child: a row that reached one stays there for the remaining levels.
         """
         trees, max_nodes = self.feature.shape
