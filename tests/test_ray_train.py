@@ -407,6 +407,7 @@ def test_unreachable_storage(compose, monkeypatch):
 @pytest.mark.parametrize("override, message", [
     ("trainer.backend=nccl", "trainer.backend='nccl' needs trainer.use_gpu=true"),
     ("trainer.backend=mpi", "trainer.backend='mpi'; expected one of"),
+    ("trainer.grad_collective=ring", "trainer.grad_collective='ring'; expected one of"),
     ("trainer.sampler=disk", "trainer.sampler='disk'; expected one of"),
     ("trainer.num_workers=0", "trainer.num_workers=0; expected at least 1"),
     ("trainer.device=cuda:1", "trainer.device='cuda:1'; with trainer=ray"),
@@ -414,6 +415,45 @@ def test_unreachable_storage(compose, monkeypatch):
 def test_bad_trainer_settings(compose, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         train_ray(compose(*SMALL, f"storage.root={tmp_path}", override))
+
+
+def _sums_by_collective(rank: int, port: int, results) -> None:
+    """One of two gloo processes: the gradient sums of both collectives on rank-dependent tensors."""
+    import torch.distributed as dist
+
+    from metaad_dist.train.collectives import GradientAverager, sum_over_workers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    flat = torch.arange(7, dtype=torch.float32) * (rank + 1) + 0.1 * rank
+    out = {c: sum_over_workers(flat, c) for c in ("all_reduce", "all_gather")}
+    param = torch.nn.Parameter(torch.zeros(2, 3))
+    param.grad = torch.full((2, 3), float(rank + 1))
+    GradientAverager("all_gather")([param])
+    results.put((rank, out["all_reduce"], out["all_gather"], param.grad.clone()))
+    dist.destroy_process_group()
+
+
+def test_gather_and_all_reduce_collectives_give_the_same_sums():
+    """trainer.grad_collective: both ways of summing gradients agree, on every worker."""
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_sums_by_collective, args=(r, port, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted((results.get(timeout=120) for _ in procs), key=lambda r: r[0])
+    for p in procs:
+        p.join(timeout=60)
+    expected = torch.arange(7, dtype=torch.float32) * 3 + 0.1
+    for _, reduced, gathered, grad in got:
+        assert torch.allclose(reduced, expected) and torch.allclose(gathered, expected)
+        assert torch.equal(grad, torch.full((2, 3), 1.5))  # (1 + 2) / 2 workers
+    assert torch.equal(got[0][2], got[1][2])  # the gathered sum is bitwise the same on both workers
 
 
 class Foreign:

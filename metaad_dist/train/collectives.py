@@ -13,8 +13,34 @@ import torch.distributed as dist
 from metaad_dist.meta.learner import MetaLearner
 
 
+COLLECTIVES = ("auto", "all_reduce", "all_gather")
+
+
+def resolve_collective(setting: str, backend: str) -> str:
+    """trainer.grad_collective for this backend: `auto` gathers on gloo, all-reduces on NCCL."""
+    if setting == "auto":
+        return "all_reduce" if "nccl" in backend else "all_gather"
+    return setting
+
+
+def sum_over_workers(flat: torch.Tensor, collective: str = "all_reduce") -> torch.Tensor:
+    """The elementwise sum of a 1-D tensor over workers, identical on every worker.
+
+    `all_gather` gathers every worker's tensor and adds them in rank order: one round trip
+    instead of gloo's reduce-scatter + all-gather rounds, which on small tensors cost about
+    three times as much (benchmarks/README.md, "Gradient collective")."""
+    world = dist.get_world_size()
+    if collective == "all_gather":
+        gathered = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
+        dist.all_gather_single(gathered, flat)
+        return gathered.view(world, -1).sum(dim=0)
+    flat = flat.clone()
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return flat
+
+
 class GradientAverager:
-    """`grad_sync` for MetaLearner: all-reduce one level's gradients, divide by the world size.
+    """`grad_sync` for MetaLearner: sum one level's gradients over workers, divide by the world size.
 
     One flat buffer per call (a single collective instead of one per tensor). Parameters
     without a gradient (unused by this level's loss) have none on every worker, since all
@@ -22,15 +48,15 @@ class GradientAverager:
     accumulates the time spent here: waiting for the slowest worker plus the transfer.
     """
 
-    def __init__(self):
+    def __init__(self, collective: str = "all_reduce"):
+        self.collective = collective
         self.seconds = 0.0
 
     def __call__(self, params: list[torch.nn.Parameter]) -> None:
         started = time.perf_counter()
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat = sum_over_workers(torch.cat([g.reshape(-1) for g in grads]), self.collective)
             flat /= dist.get_world_size()
             offset = 0
             for g in grads:
@@ -42,9 +68,7 @@ class GradientAverager:
 
 def mean_over_workers_tensor(values: torch.Tensor) -> torch.Tensor:
     """The elementwise mean of `values` over workers (e.g. the curriculum's margins, which must agree)."""
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / dist.get_world_size()
+    return sum_over_workers(values.reshape(-1)).view_as(values) / dist.get_world_size()
 
 
 def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[str, float]:

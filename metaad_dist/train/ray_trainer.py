@@ -44,6 +44,7 @@ from metaad_dist.data.ray_instance import ensure_ray, ray_storage
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.train.artifacts import METRICS_FILE
+from metaad_dist.train.collectives import COLLECTIVES
 from metaad_dist.train.commands import RunFolder, run_name
 from metaad_dist.train.ray_worker import BACKENDS, FAULT_ENV, backend, fault_plan, train_worker
 from metaad_dist.train.setup import check_sampler_setting
@@ -87,6 +88,8 @@ def check_settings(cfg) -> None:
         raise ConfigError(f"trainer.backend='{t.backend}'; expected one of {list(BACKENDS)}")
     if t.backend == "nccl" and not t.use_gpu:
         raise ConfigError("trainer.backend='nccl' needs trainer.use_gpu=true; use gloo (or auto) on CPU")
+    if t.grad_collective not in COLLECTIVES:
+        raise ConfigError(f"trainer.grad_collective='{t.grad_collective}'; expected one of {list(COLLECTIVES)}")
     check_sampler_setting(cfg)
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"trainer.device='{t.device}'; with trainer=ray use auto, cpu or cuda (Ray assigns each worker its GPU)")
