@@ -97,31 +97,6 @@ class Window:
         }
 
 
-def drawn_steps(draw, first: int, steps: int, ahead: bool):
-    """(step, its episodes, seconds the loop waited for them) for steps first..steps-1.
-
-    With `ahead` (the shared SamplerPool, whose episodes come from other processes) a thread
-    draws step s+1's episodes while step s trains, hiding the wait. An in-memory sampler's
-    draw is this process's own CPU work: a thread beside the training only adds GIL
-    contention (plain gloo processes, digits, E=4: 300 vs 326 episodes/s on one, 403 vs 491
-    on two), so it is drawn inline and its time counts as waiting."""
-    if not ahead:
-        for s in range(first, steps):
-            started = time.perf_counter()
-            episodes = draw(s)
-            yield s, episodes, time.perf_counter() - started
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes") as prefetch:
-        pending = prefetch.submit(draw, first) if first < steps else None
-        for s in range(first, steps):
-            started = time.perf_counter()
-            episodes = pending.result()
-            waited = time.perf_counter() - started
-            if s + 1 < steps:
-                pending = prefetch.submit(draw, s + 1)
-            yield s, episodes, waited
-
-
 def fault_plan(spec: Optional[str]) -> Optional[tuple[int, str]]:
     if not spec:
         return None
@@ -178,7 +153,14 @@ def train_worker(config: dict) -> None:
 
     start, cpu_start = time.perf_counter(), time.process_time()
     window, totals = Window(), {"sampler_wait_s": 0.0, "report_s": 0.0}
-    for s, episodes, waited in drawn_steps(draw, step, steps, ahead=pool is not None):
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes")
+    pending = prefetch.submit(draw, step) if step < steps else None
+    for s in range(step, steps):
+        waiting = time.perf_counter()
+        episodes = pending.result()
+        waited = time.perf_counter() - waiting
+        if s + 1 < steps:  # the next step's episodes are drawn while this step trains
+            pending = prefetch.submit(draw, s + 1)
         window.wait += waited
         totals["sampler_wait_s"] += waited
         before, done = s * per_step, (s + 1) * per_step
@@ -234,6 +216,7 @@ def train_worker(config: dict) -> None:
             )
         totals["report_s"] += time.perf_counter() - reporting
         window = Window(averager.seconds)
+    prefetch.shutdown()  # the shared pool's actors belong to the driver, which stops them
 
     totals.update(loop_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start, allreduce_s=averager.seconds,
                   setup_s=start - entered)
