@@ -167,6 +167,7 @@ def test_two_workers_train_the_fusion_folds_in_parallel_as_one_process_would(ray
     assert sorted(sum(trained, [])) == ["5", "6", "7", "8"] and trained[1]  # each fold once, worker 1 busy
     assert len(fusion["fold_seconds_by_worker"]) == 2
     assert result.metrics["trainer"]["episodes_per_step"] == 4 and result.metrics["episodes"] == EPISODES
+    assert result.metrics["trainer"]["worker_niceness"] == 0  # trainer.worker_niceness, not Ray's 15
     from metaad_dist.train.local import train_local
 
     local = [o for o in SMALL if not o.startswith("trainer=")]
@@ -367,6 +368,27 @@ def test_local_ray_binds_loopback_only(ray_local):
     assert {node["NodeManagerAddress"] for node in ray_local.nodes()} == {"127.0.0.1"}
 
 
+def test_worker_niceness_reaches_the_processes_ray_starts(ray_local):
+    """trainer.worker_niceness travels in the runtime env; -1 leaves Ray's own 15."""
+    import ray
+    from omegaconf import OmegaConf
+
+    from metaad_dist.config import TrainerConfig
+    from metaad_dist.data.ray_instance import worker_env
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    def started_at(value: int) -> int:
+        trainer = OmegaConf.structured(TrainerConfig(worker_niceness=value))
+        return ray.get(niceness.options(runtime_env={"env_vars": worker_env(trainer)}).remote())
+
+    assert worker_env(OmegaConf.structured(TrainerConfig(worker_niceness=3)), {"AWS_REGION": "x"}) == {
+        "AWS_REGION": "x", "RAY_worker_niceness": "3"}
+    assert (started_at(0), started_at(7), started_at(-1)) == (0, 7, 15)
+
+
 def test_importing_the_package_keeps_a_local_ray_on_loopback():
     """Ray resolves 127.0.0.1 to the external address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
     is set before it is imported: importing metaad_dist first does that (as ensure_ray's callers do)."""
@@ -411,6 +433,7 @@ def test_unreachable_storage(compose, monkeypatch):
     ("trainer.sampler=disk", "trainer.sampler='disk'; expected one of"),
     ("trainer.num_workers=0", "trainer.num_workers=0; expected at least 1"),
     ("trainer.device=cuda:1", "trainer.device='cuda:1'; with trainer=ray"),
+    ("trainer.worker_niceness=20", "trainer.worker_niceness=20; expected 0-19"),
 ])
 def test_bad_trainer_settings(compose, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -34,6 +34,25 @@ def ray_storage(location):
     return parent, fs
 
 
+def worker_env(trainer, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """`runtime_env["env_vars"]` for the Ray processes that do this job's work: `extra` plus
+    the niceness they start at (trainer.worker_niceness; Ray's raylet applies
+    RAY_worker_niceness from a worker's runtime env when it starts that worker)."""
+    env = dict(extra or {})
+    niceness = int(getattr(trainer, "worker_niceness", -1)) if trainer is not None else -1
+    if niceness >= 0:
+        env["RAY_worker_niceness"] = str(niceness)
+    return env
+
+
+def check_worker_niceness(trainer) -> None:
+    from metaad_dist.errors import ConfigError
+
+    if not -1 <= int(trainer.worker_niceness) <= 19:
+        raise ConfigError(
+            f"trainer.worker_niceness={trainer.worker_niceness}; expected 0-19 (-1: Ray's default, 15)")
+
+
 def ensure_ray() -> bool:
     """Connect to RAY_ADDRESS, or start a local instance on 127.0.0.1; True if started here."""
     import ray

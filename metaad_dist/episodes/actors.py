@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaad_dist.config import Config, DataConfig, MetaConfig, SamplerConfig, StorageConfig
 from metaad_dist.data.credentials import AwsSecrets, settings_env
+from metaad_dist.data.ray_instance import worker_env
 from metaad_dist.data.scaling import FeatureScaler
 from metaad_dist.episodes.buffered import BufferedEpisodeSampler, EpisodeBlock, SamplerPlan
 from metaad_dist.episodes.episode import Episode
@@ -153,8 +154,9 @@ class SamplerPool:
         # (the keys as an argument, kept out of the logged runtime env; see data/credentials.py).
         on_s3 = str(data.path).startswith("s3://")
         secrets = AwsSecrets.from_environ() if on_s3 else AwsSecrets()
-        if on_s3 and settings_env():
-            options["runtime_env"] = {"env_vars": settings_env()}
+        env = worker_env(getattr(cfg, "trainer", None), settings_env() if on_s3 else None)
+        if env:
+            options["runtime_env"] = {"env_vars": env}
         budget = None if budget_row_ids is None else {str(f): np.asarray(v) for f, v in budget_row_ids.items()}
         plan_ref, counters_ref, peak_ref = ray.remote(_plan_task).options(
             **options, num_returns=3, max_retries=0

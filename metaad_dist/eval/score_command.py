@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import posixpath
 
+from metaad_dist.data.ray_instance import check_worker_niceness
 from metaad_dist.data.storage import open_location
 from metaad_dist.errors import ConfigError
 from metaad_dist.eval.score_ray import score_with_ray
@@ -27,6 +28,7 @@ def score_command(cfg) -> None:
         if getattr(cfg.score, key) < (0 if zero_allowed else 1):
             expected = "an integer >= 0 (0: Ray's default)" if zero_allowed else "a positive integer"
             raise ConfigError(f"score.{key}={getattr(cfg.score, key)}; expected {expected}")
+    check_worker_niceness(cfg.trainer)
     run = run_location(cfg)
     trained, payload = load_run(run)
     source, files = list_inputs(cfg.input, cfg.storage)

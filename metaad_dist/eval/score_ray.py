@@ -82,7 +82,7 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
     import ray
     import ray.data
 
-    from metaad_dist.data.ray_instance import ensure_ray, ray_storage
+    from metaad_dist.data.ray_instance import ensure_ray, ray_storage, worker_env
 
     started = ensure_ray()
     try:
@@ -118,6 +118,7 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=cfg.score.tasks_per_actor),
             num_cpus=cpus,
             num_gpus=1 if device.startswith("cuda") else None,
+            runtime_env={"env_vars": worker_env(cfg.trainer)},
         )
         try:
             ds.write_parquet(out.location.base, filesystem=out_fs, filename_provider=_PartNames(out))

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from metaad_dist.data.credentials import AwsSecrets, settings_env
-from metaad_dist.data.ray_instance import ensure_ray, ray_storage
+from metaad_dist.data.ray_instance import check_worker_niceness, ensure_ray, ray_storage, worker_env
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.train.artifacts import METRICS_FILE
@@ -88,6 +88,7 @@ def check_settings(cfg) -> None:
         raise ConfigError(f"trainer.backend='{t.backend}'; expected one of {list(BACKENDS)}")
     if t.backend == "nccl" and not t.use_gpu:
         raise ConfigError("trainer.backend='nccl' needs trainer.use_gpu=true; use gloo (or auto) on CPU")
+    check_worker_niceness(t)
     if t.grad_collective not in COLLECTIVES:
         raise ConfigError(f"trainer.grad_collective='{t.grad_collective}'; expected one of {list(COLLECTIVES)}")
     check_sampler_setting(cfg)
@@ -207,7 +208,7 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
                 # worker deaths are retried; a UserError fails at once (ray_backend.UserErrorsFailFast)
                 failure_config=FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                worker_runtime_env={"env_vars": settings_env()},
+                worker_runtime_env={"env_vars": worker_env(t, settings_env())},
                 callbacks=list(callbacks),
                 # Ray Train's INFO lines repeat every report's metrics; the workers print progress.
                 logging_config=LoggingConfig(log_level="WARNING"),

@@ -324,6 +324,7 @@ def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> 
             "allreduce_fraction": share("allreduce_s"),
             # Reports with their validation and checkpoint writes.
             "report_fraction": share("report_s"),
+            "worker_niceness": os.nice(0),  # as started by Ray (trainer.worker_niceness)
         },
     }
 
