@@ -22,6 +22,8 @@ loop, which these rows do not time.
                           local_same_updates is the plain loop at 2E episodes per step: the
                           same optimizer updates as ray2 (2 workers x E), which local at E is not
                           (it takes twice as many steps over the same episodes)
+  ray2_speedup_ray_niceness = ray2_speedup with the workers at Ray's default niceness 15
+                          (trainer.worker_niceness=-1; the product's default is 0)
   ray2_speedup_same_updates = ray2 episodes/s / local_same_updates episodes/s (the plain loop
                           batching all 2E episodes in one process, so a bigger batch per forward)
   sampler_wait_fraction = share of the Ray workers' loop time spent waiting for the next
@@ -260,6 +262,7 @@ def ratios(best: dict, runs: dict) -> dict:
     return {
         "ray1_overhead": local / ray1 - 1,
         "ray2_speedup": ray2 / local,
+        "ray2_speedup_ray_niceness": best["ray2_ray_niceness"]["episodes_per_s"] / local,
         "ray2_vs_ray1": ray2 / ray1,
         # Two independent plain loops at once, over one: the most 2 processes get from this machine.
         "two_process_ceiling": best["local_x2"]["episodes_per_s"] / local,
@@ -324,7 +327,8 @@ def main() -> int:
     for dataset in args.datasets:
         if dataset != "digits":
             ensure_prepared(dataset, args.data_root)
-    runs = {d: {"local": [], "ray1": [], "ray2": [], "local_x2": [], "local_same_updates": []} for d in args.datasets}
+    runs = {d: {"local": [], "ray1": [], "ray2": [], "ray2_ray_niceness": [], "local_x2": [], "local_same_updates": []}
+            for d in args.datasets}
     load_before = os.getloadavg()
     phases = None
     with tempfile.TemporaryDirectory(prefix="metaad-bench-trainer-") as tmp:
@@ -340,6 +344,9 @@ def main() -> int:
                     rows["local"].append(run_local(base, auroc=r == 0))
                     rows["ray1"].append(run_ray(base, 1, f"{dataset}-ray1-{r}"))
                     rows["ray2"].append(run_ray(base, 2, f"{dataset}-ray2-{r}", auroc=r == 0))
+                    # the same run with the workers at Ray's own niceness (15), as before the setting
+                    rows["ray2_ray_niceness"].append(run_ray([*base, "trainer.worker_niceness=-1"], 2,
+                                                             f"{dataset}-ray2-nice15-{r}"))
                     rows["local_x2"].append(run_two_independent(base))
                     if r == 0:  # the reference for ray2's held-out AUROC: the same updates, one process
                         same = [*base, f"meta.episodes_per_step={2 * args.episodes_per_step}"]
@@ -371,6 +378,7 @@ def main() -> int:
         "sampler_wait_fraction": max(p["sampler_wait_fraction"] for p in per_dataset.values()),
         "ray2_auroc_delta": {d: p["ray2_auroc_delta"] for d, p in per_dataset.items()},
         "ray2_speedup_same_updates": {d: p["ray2_speedup_same_updates"] for d, p in per_dataset.items()},
+        "ray2_speedup_ray_niceness": {d: p["ray2_speedup_ray_niceness"] for d, p in per_dataset.items()},
     }
     if "unsw_nb15" in per_dataset:
         summary["ray2_speedup_unsw"] = per_dataset["unsw_nb15"]["ray2_speedup"]
