@@ -231,12 +231,11 @@ class TrainerConfig:
     checkpoint_every: int = 200  # episodes (all workers together) between checkpoints; 0: at the end only
     keep_checkpoints: int = 2  # newest checkpoints kept in the run's storage
     max_failures: int = 2  # automatic restarts from the latest checkpoint after a worker dies
-    # Unix niceness (0-19) of the Ray processes a job computes in: Train workers, sampler
-    # actors, scoring actors. Ray starts workers at 15 so that its raylet
-    # and GCS win any contention; here the workers *are* the job, and at 15 they lose every core
-    # to anything else on the node (a driver, a neighbour), which a plain process at 0 does not
-    # (benchmarks/README.md, "worker niceness"). Ray's own job driver runs at 0 the same way.
-    # -1 keeps Ray's default.
+    # Unix niceness (0-19) of the Ray processes a job computes in: Train workers, sampler actors,
+    # scoring actors. Ray starts workers at 15 so that its raylet and GCS win any contention;
+    # here the workers *are* the job, and at 15 they lose every core to anything else on the node
+    # (a driver, a neighbour), which a plain process at 0 does not (benchmarks/README.md, "Worker
+    # niceness"). Ray runs its own job drivers at 0 the same way. -1 keeps Ray's default.
     worker_niceness: int = 0
 
 
