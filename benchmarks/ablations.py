@@ -23,11 +23,13 @@ import quality  # noqa: E402
 BALANCED = "model.fusion_candidates=[[1,1,1]]"
 # The defaults before the reconstruction evidence and the delong fusion rule: the section 5
 # options were measured on top of them.
-PREVIOUS = ["model.memory_autoencoder_hidden=[]", "model.fusion_candidates=[[1,1,1],[1,0.5,0],[0,1,1]]",
+PREVIOUS = ["model.memory_reconstruction=none", "model.fusion_candidates=[[1,1,1],[1,0.5,0],[0,1,1]]",
             "model.fusion_rule=best_mean"]
 
-# Today's reconstruction evidence and fusion candidates, spelled out (= the defaults).
-RECONSTRUCTION = ["model.memory_autoencoder_hidden=[64,32]", "model.fusion_candidates=[[1,0.5,0,0],[0,1,1,1]]"]
+# The reconstruction evidence the ablations were measured with (the autoencoder, before pca became
+# the default) and today's fusion candidates, spelled out.
+RECONSTRUCTION = ["model.memory_reconstruction=autoencoder", "model.memory_autoencoder_hidden=[64,32]",
+                  "model.fusion_candidates=[[1,0.5,0,0],[0,1,1,1]]"]
 
 # (label, overrides), against the defaults in configs/.
 VARIANTS = [

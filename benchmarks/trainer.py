@@ -241,10 +241,10 @@ def fit_phases(base: list[str]) -> dict:
         "loop": looped - prepared,
         "folds": folded - filled,
         "folds_count": len(networks),
-        # the memory fill: bank, isolation forest, autoencoder (calibration split out below)
+        # the memory fill: bank, isolation forest, reconstruction model (calibration split out below)
         "memory": filled - looped - fill["calibration"],
         "memory_forest": fill["forest"],
-        "memory_autoencoder": fill["autoencoder"],
+        "memory_reconstruction": fill["reconstruction"],
         # one-class scores of the calibration normals (references and their evidence) + the choice
         "calibration": fill["calibration"] + chosen - folded,
         "after_loop": chosen - looped,

@@ -122,13 +122,15 @@ class ModelConfig:
     memory_isolation_trees: int = 100  # isolation forest on the memory rows (0 = kNN only)
     memory_isolation_samples: int = 256  # rows per tree (Liu et al.'s default)
     memory_calibration_rows: int = 10000
-    # Autoencoder fitted on the memory rows (model/autoencoder.py): its reconstruction error is
-    # the fourth evidence. [] switches it off; epochs / lr / batch of its AdamW fit. Batch 1024
-    # with 6x the lr over 30 epochs (480 steps on 16,384 rows instead of 19,200) costs 4 s instead
-    # of 41 s on UNSW-NB15 (fold Shellcode, seed 0), its reconstruction AUROC alone 0.852 against
-    # 0.857 on the 8 meta families' shots. Not the default: together with fusion_fold_episodes=0.25
-    # it moved held-out AUROC (seed 0) to UNSW-NB15 0.974 but NSL-KDD 0.953 (0.968 today), and the
-    # two were not measured apart (benchmarks/README.md, fit cost).
+    # Reconstruction evidence, the fourth (model/reconstruction.py), fitted on the memory rows:
+    # pca (residual off the top memory_pca_components principal directions, closed form; at most
+    # features - 1 of them),
+    # autoencoder (memory_autoencoder_* below: layers, and epochs / lr / batch of its AdamW fit) or
+    # none. pca is the default: on the benchmark datasets it rebuilds validation normal rows better
+    # than the 150-epoch autoencoder at about 1/100 of its cost (NSL-KDD cell 26 s -> 7 s with
+    # fusion_fold_episodes=0.25; benchmarks/README.md, fit cost).
+    memory_reconstruction: str = "pca"
+    memory_pca_components: int = 32
     memory_autoencoder_hidden: list[int] = field(default_factory=lambda: [64, 32])
     memory_autoencoder_epochs: int = 150
     memory_autoencoder_lr: float = 1e-3
@@ -142,8 +144,9 @@ class ModelConfig:
     fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
     # Each fold network trains this fraction of meta.episodes (train/fusion.py fold_episodes): the
     # folds only compare candidate weights, and were the largest part of a fit after the loop
-    # (0.25: 51 s -> 12 s for the 4 folds of a UNSW-NB15 cell; not the default, see above).
-    fusion_fold_episodes: float = 1.0
+    # (1.0 -> 0.25: 51 s -> 12 s for the 4 folds of a UNSW-NB15 cell; on NSL-KDD, seeds 0-2, the
+    # same choices and held-out AUROC as 1.0; benchmarks/README.md, fit cost).
+    fusion_fold_episodes: float = 0.25
     # How that choice is made (train/fusion.py pick_candidate): the best mean AUROC over the
     # held-out folds, except that a candidate giving the network less weight wins when it is
     # within delong = one standard error of the paired AUROC difference (from the shots and

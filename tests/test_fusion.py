@@ -51,10 +51,12 @@ def fit_recorder(calls):
 
 
 @pytest.mark.parametrize("candidates, trains, extra", [
-    ("[[1,1,1],[1,0.5,0],[0,1,1]]", 2, ["model.memory_autoencoder_hidden=[]"]),
-    ("[[0,1,1]]", 0, ["model.memory_autoencoder_hidden=[]"]),
-    # With the reconstruction evidence: the memory's autoencoder is fitted once, on the full run.
-    ("[[1,0.5,0,0],[0,1,1,1]]", 2, ["model.memory_autoencoder_hidden=[16,8]", "model.memory_autoencoder_epochs=3"]),
+    ("[[1,1,1],[1,0.5,0],[0,1,1]]", 2, ["model.memory_reconstruction=none"]),
+    ("[[0,1,1]]", 0, ["model.memory_reconstruction=none"]),
+    # With the reconstruction evidence: the memory's model is fitted once, on the full run.
+    ("[[1,0.5,0,0],[0,1,1,1]]", 2, ["model.memory_reconstruction=autoencoder", "model.memory_autoencoder_hidden=[16,8]",
+                                    "model.memory_autoencoder_epochs=3"]),
+    ("[[1,0.5,0,0],[0,1,1,1]]", 2, ["model.memory_reconstruction=pca"]),
 ])
 def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates, trains, extra, capsys):
     from metaad_dist.train.local import fit_network
@@ -74,7 +76,7 @@ def test_finish_training_holds_out_each_meta_family_in_turn(compose, candidates,
     assert (choice is None) == (trains == 0)
     if choice is not None:
         assert choice.aurocs.shape == (len(choice.candidates), trains) and weights == choice.candidates[choice.chosen]
-    assert (model.memory.autoencoder is not None) == ("model.memory_autoencoder_hidden=[]" not in extra)
+    assert (model.memory.reconstruction is not None) == ("model.memory_reconstruction=none" not in extra)
     assert len(calls) == trains
     meta = list(cfg.data.meta)
     for (sub_meta, sub_held_out, budget_families), family in zip(calls, meta):

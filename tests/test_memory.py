@@ -116,9 +116,14 @@ def test_tensor_isolation_forest_ranks_exactly_as_scikit_learn():
     ("model.fusion_candidates=[[1,x,1]]",
      "model.fusion_candidates=[[1, 'x', 1]]; expected a non-empty list of [network, knn, isolation, "
      "reconstruction] weights (the last may be left out: 0), each >= 0 and not all 0"),
-    ("model.fusion_candidates=[[0,1,1,1]] model.memory_autoencoder_hidden=[]",
-     "model.fusion_candidates gives the reconstruction evidence a weight but model.memory_autoencoder_hidden is []; "
-     "expected a layer list such as [64, 32] to fit the autoencoder, or reconstruction weights of 0"),
+    ("model.fusion_candidates=[[0,1,1,1]] model.memory_reconstruction=none",
+     "model.fusion_candidates gives the reconstruction evidence a weight but model.memory_reconstruction is none; "
+     "expected pca or autoencoder, or reconstruction weights of 0"),
+    ("model.memory_reconstruction=autoencoder model.memory_autoencoder_hidden=[]",
+     "model.memory_autoencoder_hidden=[] with model.memory_reconstruction=autoencoder; expected a layer list such "
+     "as [64, 32], or memory_reconstruction=pca / none"),
+    ("model.memory_reconstruction=svd", "model.memory_reconstruction='svd'; expected one of pca, autoencoder, none"),
+    ("model.memory_pca_components=0", "model.memory_pca_components=0; expected an integer >= 1"),
     ("model.memory_autoencoder_hidden=[64,0]", "model.memory_autoencoder_hidden=[64, 0]; expected positive layer sizes"),
     ("model.memory_autoencoder_epochs=0", "model.memory_autoencoder_epochs=0; expected an integer >= 1"),
     ("model.memory_autoencoder_lr=0", "model.memory_autoencoder_lr=0.0; expected a number > 0"),
@@ -141,50 +146,87 @@ def low_rank_rows(n, seed, dim=8, rank=2):
     return torch.randn(n, rank, generator=g) @ basis + 0.05 * torch.randn(n, dim, generator=g)
 
 
-def test_autoencoder_ranks_rows_that_break_the_normal_structure_high_and_is_reproducible():
-    from metaad_dist.model.autoencoder import NormalAutoencoder
+def shuffled_columns(rows):
+    """Each column shuffled on its own: every feature keeps its normal marginal, the joint
+    structure is gone; only an evidence that models combinations of features sees it."""
+    return torch.stack([c[torch.randperm(len(c), generator=torch.Generator().manual_seed(i))]
+                        for i, c in enumerate(rows.T)], dim=1)
 
-    normal, test_normal = low_rank_rows(2000, 1), low_rank_rows(300, 2)
-    # Each column shuffled on its own: every feature keeps its normal marginal, the joint
-    # structure is gone; only an evidence that models combinations of features sees it.
-    shuffled = torch.stack([c[torch.randperm(len(c), generator=torch.Generator().manual_seed(i))]
-                            for i, c in enumerate(low_rank_rows(300, 3).T)], dim=1)
-    ae = NormalAutoencoder(8, [16, 4])
+
+def test_autoencoder_ranks_rows_that_break_the_normal_structure_high_and_is_reproducible():
+    from metaad_dist.model.reconstruction import NormalAutoencoder
+
+    normal, test_normal, shuffled = low_rank_rows(2000, 1), low_rank_rows(300, 2), shuffled_columns(low_rank_rows(300, 3))
+    ae = NormalAutoencoder(8, [16, 4], epochs=30, lr=3e-3, batch_size=64)
     torch.manual_seed(123)
     before = torch.rand(3)
-    ae.fit(normal, epochs=30, lr=3e-3, batch_size=64, seed=7)
+    ae.fit(normal, seed=7)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), before)  # the caller's random stream is untouched
     errors = ae.reconstruction_error(torch.cat([test_normal, shuffled]))
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score([0] * 300 + [1] * 300, errors.numpy()) > 0.95
-    again = NormalAutoencoder(8, [16, 4])
-    again.fit(normal, epochs=30, lr=3e-3, batch_size=64, seed=7)
+    again = NormalAutoencoder(8, [16, 4], epochs=30, lr=3e-3, batch_size=64)
+    again.fit(normal, seed=7)
     assert torch.equal(again.reconstruction_error(shuffled), ae.reconstruction_error(shuffled))
     assert not any(p.requires_grad for p in ae.parameters())  # fitted once; no optimiser moves it
 
 
-AE_ARGS = dict(ARGS, autoencoder_hidden=[8, 4], autoencoder_fit=[20, 3e-3, 64])
+def test_principal_subspace_is_the_pca_residual_and_ranks_broken_structure_high():
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import roc_auc_score
+
+    from metaad_dist.model.reconstruction import PrincipalSubspace
+
+    normal, test_normal, shuffled = low_rank_rows(2000, 1), low_rank_rows(300, 2), shuffled_columns(low_rank_rows(300, 3))
+    subspace = PrincipalSubspace(8, 2)
+    subspace.fit(normal)
+    x = torch.cat([test_normal, shuffled])
+    pca = PCA(n_components=2).fit(normal.double().numpy())  # scikit-learn's residual as the reference
+    rebuilt = pca.inverse_transform(pca.transform(x.double().numpy()))
+    expected = ((x.double().numpy() - rebuilt) ** 2).mean(axis=1)
+    assert np.allclose(subspace.reconstruction_error(x).numpy(), expected, rtol=1e-3, atol=1e-6)
+    assert roc_auc_score([0] * 300 + [1] * 300, subspace.reconstruction_error(x).numpy()) > 0.95
+    assert subspace.reconstruction_error(x[:0]).shape == (0,)
 
 
-def test_the_reconstruction_evidence_is_fused_and_travels_with_a_checkpoint():
+AE_ARGS = dict(ARGS, reconstruction="autoencoder", autoencoder_hidden=[8, 4], autoencoder_fit=[20, 3e-3, 64])
+PCA_ARGS = dict(ARGS, reconstruction="pca", pca_components=2)
+
+
+@pytest.mark.parametrize("args", [AE_ARGS, PCA_ARGS], ids=["autoencoder", "pca"])
+def test_the_reconstruction_evidence_is_fused_and_travels_with_a_checkpoint(args):
     torch.manual_seed(0)
-    model = MetaADModel(8, 3, **AE_ARGS).eval()
+    model = MetaADModel(8, 3, **args).eval()
     model.fill_memory(low_rank_rows(200, 1), low_rank_rows(100, 2), "msp", seed=3)
     mem = model.memory
     assert mem.parts == [0, 1, 2, 3] and mem.reference.shape[0] == 4
     x = torch.cat([low_rank_rows(20, 4), low_rank_rows(20, 5) * torch.tensor([1.0, -1.0] * 4)])
     mem.set_weights([0.0, 0.0, 0.0, 1.0])
-    expected = mem.evidence(mem.autoencoder.reconstruction_error(x), 3)
+    expected = mem.evidence(mem.reconstruction.reconstruction_error(x), 3)
     assert torch.allclose(model.anomaly_score(x), expected)
     mem.set_weights([0.5, 1.0, 1.0, 1.0])
     fused = model.anomaly_score(x)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    rebuilt = MetaADModel(8, 3, **AE_ARGS).eval()
+    rebuilt = MetaADModel(8, 3, **args).eval()
     rebuilt.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert torch.allclose(rebuilt.anomaly_score(x), fused)
+
+
+def test_a_checkpoint_whose_reconstruction_model_was_called_autoencoder_still_loads():
+    """Checkpoints written before memory_reconstruction: no `reconstruction` argument (so the
+    autoencoder) and state keys under memory.autoencoder."""
+    torch.manual_seed(0)
+    model = MetaADModel(8, 3, **AE_ARGS).eval()
+    model.fill_memory(low_rank_rows(200, 1), low_rank_rows(100, 2), "msp", seed=3)
+    state = {k.replace("memory.reconstruction.", "memory.autoencoder."): v for k, v in model.state_dict().items()}
+    old_args = {k: v for k, v in AE_ARGS.items() if k != "reconstruction"}
+    rebuilt = MetaADModel(8, 3, **old_args).eval()
+    rebuilt.load_state_dict(state)
+    x = low_rank_rows(20, 4)
+    assert torch.equal(rebuilt.anomaly_score(x), model.anomaly_score(x))
 
 
 def test_a_checkpoint_with_three_fusion_weights_still_loads():

@@ -16,7 +16,7 @@ to a constant factor, when the weights are equal). Above the largest reference v
 evidence keeps growing linearly in units of the reference inter-quartile range, so extreme rows
 still rank by how extreme they are. The weights (network, kNN, isolation, reconstruction) are
 a buffer, so a checkpoint carries the ones its run chose (train/fusion.py); a part the memory
-does not have (no forest, no autoencoder) gives no evidence, whatever its weight.
+does not have (no forest, no reconstruction model) gives no evidence, whatever its weight.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metaad_dist.model.autoencoder import NormalAutoencoder
+from metaad_dist.model.reconstruction import build_reconstruction
 from metaad_dist.model.isolation import TensorIsolationForest
 
 COMPONENTS = ("network", "knn", "isolation", "reconstruction")  # the order of evidences and fusion weights
@@ -54,6 +54,8 @@ class NormalMemory(nn.Module):
         isolation_samples: int = 256,
         autoencoder_hidden: Sequence[int] = (),
         autoencoder_fit: Sequence[float] = (150, 1e-3, 128),
+        reconstruction: str = "autoencoder",  # what checkpoints written before the choice existed used
+        pca_components: int = 32,
     ):
         super().__init__()
         if rows < k:
@@ -64,10 +66,9 @@ class NormalMemory(nn.Module):
             TensorIsolationForest(*TensorIsolationForest.shape_for(isolation_trees, min(isolation_samples, rows)))
             if isolation_trees > 0 else None
         )
-        self.autoencoder = NormalAutoencoder(in_dim, autoencoder_hidden) if len(autoencoder_hidden) else None
-        self.autoencoder_fit = tuple(autoencoder_fit)  # (epochs, lr, batch size)
+        self.reconstruction = build_reconstruction(reconstruction, in_dim, pca_components, autoencoder_hidden, autoencoder_fit)
         # Indices into COMPONENTS of the parts this memory has, in evidence order.
-        self.parts = [0, 1] + ([2] if self.forest is not None else []) + ([3] if self.autoencoder is not None else [])
+        self.parts = [0, 1] + ([2] if self.forest is not None else []) + ([3] if self.reconstruction is not None else [])
         # Sorted validation-normal scores per part: network, knn[, isolation][, reconstruction].
         self.register_buffer("reference", torch.zeros(len(self.parts), calibration_rows))
         self.register_buffer("weights", torch.ones(len(COMPONENTS)))
@@ -85,6 +86,9 @@ class NormalMemory(nn.Module):
         if key in state_dict and state_dict[key].numel() < len(COMPONENTS):
             old = state_dict[key]
             state_dict[key] = torch.cat([old, old.new_zeros(len(COMPONENTS) - old.numel())])
+        # ... and called their reconstruction model `autoencoder`.
+        for old in [k for k in state_dict if k.startswith(prefix + "autoencoder.")]:
+            state_dict[prefix + "reconstruction." + old[len(prefix + "autoencoder."):]] = state_dict.pop(old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -101,13 +105,13 @@ class NormalMemory(nn.Module):
         scores = [self.knn_distance(x)]
         if self.forest is not None:
             scores.append(self.forest.anomaly_score(x))
-        if self.autoencoder is not None:
-            scores.append(self.autoencoder.reconstruction_error(x))
+        if self.reconstruction is not None:
+            scores.append(self.reconstruction.reconstruction_error(x))
         return scores
 
     @torch.no_grad()
     def fill(self, normal_x: torch.Tensor, val_normal_x: torch.Tensor, network_ref: torch.Tensor, seed: int) -> None:
-        """Store the memory rows, grow the forest and fit the autoencoder on them, and keep sorted
+        """Store the memory rows, grow the forest and fit the reconstruction model on them, keep sorted
         validation-normal scores (and, for the fusion choice, those rows' one-class evidence,
         which would otherwise cost a second kNN pass over them)."""
         started = time.perf_counter()
@@ -115,9 +119,8 @@ class NormalMemory(nn.Module):
         if self.forest is not None:
             self.forest.fit(normal_x.cpu().numpy().astype(np.float32), seed)
         grown = time.perf_counter()
-        if self.autoencoder is not None:
-            epochs, lr, batch_size = self.autoencoder_fit
-            self.autoencoder.fit(normal_x, int(epochs), float(lr), int(batch_size), seed)
+        if self.reconstruction is not None:
+            self.reconstruction.fit(normal_x, seed)
         fitted = time.perf_counter()
         scores = self.one_class_scores(val_normal_x)
         refs = torch.stack([network_ref, *scores])
@@ -125,7 +128,7 @@ class NormalMemory(nn.Module):
         self.ready.fill_(True)
         self._calibration = (val_normal_x, self._one_class_evidence(val_normal_x, scores))
         # Where a fill's time goes (benchmarks/trainer.py fit_phases_s); not in checkpoints.
-        self.fill_seconds = {"forest": grown - started, "autoencoder": fitted - grown,
+        self.fill_seconds = {"forest": grown - started, "reconstruction": fitted - grown,
                              "calibration": time.perf_counter() - fitted}
 
     def evidence(self, score: torch.Tensor, row: int) -> torch.Tensor:

@@ -97,6 +97,8 @@ class MetaADModel(nn.Module):
         autoencoder_hidden: Sequence[int] = (),
         autoencoder_fit: Sequence[float] = (150, 1e-3, 128),
         odin_epsilon: float = 0.0,
+        reconstruction: str = "autoencoder",  # what checkpoints written before the choice existed used
+        pca_components: int = 32,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -116,7 +118,7 @@ class MetaADModel(nn.Module):
         self.memory = (
             NormalMemory(
                 in_dim, memory_rows, memory_k, calibration_rows, isolation_trees, isolation_samples,
-                autoencoder_hidden, autoencoder_fit,
+                autoencoder_hidden, autoencoder_fit, reconstruction, pca_components,
             )
             if memory_rows > 0 else None
         )

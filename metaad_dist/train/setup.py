@@ -19,6 +19,7 @@ from metaad_dist.errors import ConfigError
 from metaad_dist.meta.labels import ClassLabeler
 from metaad_dist.model.memory import COMPONENTS
 from metaad_dist.model.networks import MetaADModel
+from metaad_dist.model.reconstruction import RECONSTRUCTIONS
 
 # Fewer validation normal rows than this cannot calibrate the fused score's quartiles.
 MIN_CALIBRATION_ROWS = 20
@@ -52,7 +53,7 @@ def check_model_config(cfg: ModelConfig) -> None:
             raise ConfigError(f"model.{key}={list(getattr(cfg, key))}; expected positive layer sizes")
     minimum = {"memory_rows": 0, "memory_k": 1, "memory_isolation_trees": 0, "memory_isolation_samples": 2,
                "memory_calibration_rows": MIN_CALIBRATION_ROWS, "pseudo_classes": 1,
-               "memory_autoencoder_epochs": 1, "memory_autoencoder_batch": 1}
+               "memory_autoencoder_epochs": 1, "memory_autoencoder_batch": 1, "memory_pca_components": 1}
     for key, low in minimum.items():
         if getattr(cfg, key) < low:
             raise ConfigError(f"model.{key}={getattr(cfg, key)}; expected an integer >= {low}")
@@ -79,10 +80,19 @@ def check_model_config(cfg: ModelConfig) -> None:
             f"model.fusion_candidates={shown}; expected a non-empty list of [{', '.join(COMPONENTS)}] weights "
             f"(the last may be left out: 0), each >= 0 and not all 0"
         )
-    if not cfg.memory_autoencoder_hidden and any(c[-1] > 0 for c in fusion_candidates(cfg)):
+    if cfg.memory_reconstruction not in RECONSTRUCTIONS:
         raise ConfigError(
-            "model.fusion_candidates gives the reconstruction evidence a weight but model.memory_autoencoder_hidden "
-            "is []; expected a layer list such as [64, 32] to fit the autoencoder, or reconstruction weights of 0"
+            f"model.memory_reconstruction='{cfg.memory_reconstruction}'; expected one of {', '.join(RECONSTRUCTIONS)}"
+        )
+    if cfg.memory_reconstruction == "autoencoder" and not cfg.memory_autoencoder_hidden:
+        raise ConfigError(
+            "model.memory_autoencoder_hidden=[] with model.memory_reconstruction=autoencoder; expected a layer list "
+            "such as [64, 32], or memory_reconstruction=pca / none"
+        )
+    if cfg.memory_reconstruction == "none" and any(c[-1] > 0 for c in fusion_candidates(cfg)):
+        raise ConfigError(
+            "model.fusion_candidates gives the reconstruction evidence a weight but model.memory_reconstruction "
+            "is none; expected pca or autoencoder, or reconstruction weights of 0"
         )
 
 
@@ -120,6 +130,9 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows
         "isolation_samples": cfg.memory_isolation_samples,
         "autoencoder_hidden": list(cfg.memory_autoencoder_hidden),
         "autoencoder_fit": [cfg.memory_autoencoder_epochs, cfg.memory_autoencoder_lr, cfg.memory_autoencoder_batch],
+        "reconstruction": cfg.memory_reconstruction,
+        # At most in_dim - 1: with as many components as features every row is rebuilt exactly.
+        "pca_components": max(1, min(cfg.memory_pca_components, in_dim - 1)),
         "odin_epsilon": cfg.odin_epsilon,
     }
 
