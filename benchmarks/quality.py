@@ -47,6 +47,7 @@ from metaad_dist.errors import ConfigError, UserError  # noqa: E402
 from metaad_dist.eval.baselines import BASELINES, fit_baseline  # noqa: E402
 from metaad_dist.eval.metrics import detection_metrics  # noqa: E402
 from metaad_dist.train.setup import fusion_candidates, prepare_training  # noqa: E402
+from quality_targets import check_targets, targets_markdown  # noqa: E402  (beside this file)
 
 METHOD = "metaad"
 # Ablations read off another method's fit, with no training of their own: each is scored by that
@@ -575,6 +576,7 @@ def markdown_report(agg: dict, args, seconds: float, command: str, provenance: d
                       "| budget | weights chosen | cells |", "|---|---|---|"]
             for budget, counts in table["chosen"].items():
                 lines += [f"| {budget} | `{weights}` | {n} |" for weights, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    lines += targets_markdown(check_targets(agg["overall"]))
     return "\n".join(lines) + "\n"
 
 
@@ -618,6 +620,7 @@ def main(argv=None) -> int:
             "command": command,
             "summary": summary_of(agg),
             "fusion_weights": fusion,
+            "targets": check_targets(agg["overall"]),
             "carried_over": carried,
             "overall": agg["overall"],
             "per_fold": agg["per_fold"],
