@@ -194,13 +194,21 @@ def cache_tag(args) -> str:
     return tag
 
 
-def cell_fingerprint(cfg) -> str:
-    """The cell's whole resolved config (defaults from configs/ included), so that a cached cell
-    is reused only while it would be trained the same way; the dataset's location is left out
+# Settings of the method's normal memory and fusion choice (model.memory_*, model.fusion_*): no
+# baseline reads them (metaad_dist/eval/baselines imports neither), so changing one of them
+# keeps the baselines' cached cells.
+METHOD_ONLY_MODEL_PREFIXES = ("memory_", "fusion_")
+
+
+def cell_fingerprint(cfg, method: str = METHOD) -> str:
+    """The cell's resolved config (defaults from configs/ included), so that a cached cell is
+    reused only while `method` would be trained the same way; the dataset's location is left out
     (dataset_fingerprint covers its content) and so is output verbosity."""
     settings = OmegaConf.to_container(cfg, resolve=True)
     settings.pop("quiet", None)
     settings["data"].pop("path", None)
+    if method != METHOD and method not in DERIVED:
+        settings["model"] = {k: v for k, v in settings["model"].items() if not k.startswith(METHOD_ONLY_MODEL_PREFIXES)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -316,7 +324,7 @@ def run_cell(args, dataset: str, fold: str, others: list[str], seed: int, budget
             "scaler": args.scaler, "quick": args.quick, "overrides": list(args.set),
             **{k: metrics[k] for k in METRICS}, "n_normal": metrics["n_normal"], "n_anomaly": metrics["n_anomaly"],
             "fit_seconds": fit_seconds[method], "score_seconds": time.perf_counter() - fitted, "commit": git_commit(),
-            "config_sha": cell_fingerprint(cfg),
+            "config_sha": cell_fingerprint(cfg, method),
         }
         for key in ("fusion_weights", "fusion_choice"):
             if hasattr(scorer, key):
@@ -356,8 +364,9 @@ def run_grid(args, log=print) -> tuple[list[dict], dict]:
                 for fold in folds:
                     todo, cached = [], {}
                     others = [f for f in families if f != fold]
-                    current = cell_fingerprint(compose_config(cell_overrides(args, dataset, fold, others, seed, budget)))
+                    cfg = compose_config(cell_overrides(args, dataset, fold, others, seed, budget))
                     for method in args.methods:
+                        current = cell_fingerprint(cfg, method)
                         path = cache_path(args, dataset, fold, seed, budget, method)
                         record = json.loads(path.read_text()) if path.is_file() and method not in args.rerun else None
                         # Cells written before fingerprints carry none: kept, and counted in the report.

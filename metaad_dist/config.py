@@ -127,8 +127,8 @@ class ModelConfig:
     # features - 1 of them),
     # autoencoder (memory_autoencoder_* below: layers, and epochs / lr / batch of its AdamW fit) or
     # none. pca is the default: on the benchmark datasets it rebuilds validation normal rows better
-    # than the 150-epoch autoencoder at about 1/100 of its cost (NSL-KDD cell 26 s -> 7 s with
-    # fusion_fold_episodes=0.25; benchmarks/README.md, fit cost).
+    # than the 150-epoch autoencoder at about 1/100 of its cost (UNSW-NB15 cell 45 s -> 25 s;
+    # benchmarks/README.md, fit cost).
     memory_reconstruction: str = "pca"
     memory_pca_components: int = 32
     memory_autoencoder_hidden: list[int] = field(default_factory=lambda: [64, 32])
@@ -144,9 +144,11 @@ class ModelConfig:
     fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
     # Each fold network trains this fraction of meta.episodes (train/fusion.py fold_episodes): the
     # folds only compare candidate weights, and were the largest part of a fit after the loop
-    # (1.0 -> 0.25: 51 s -> 12 s for the 4 folds of a UNSW-NB15 cell; on NSL-KDD, seeds 0-2, the
-    # same choices and held-out AUROC as 1.0; benchmarks/README.md, fit cost).
-    fusion_fold_episodes: float = 0.25
+    # 0.25 costs a quarter (51 s -> 12 s for the 4 folds of a UNSW-NB15 cell) and made the same
+    # choices as 1.0 on NSL-KDD (seeds 0-2), but not on UNSW-NB15: there seed 4 chose the one-class
+    # candidate in 8 of 9 folds (the full-length folds: network-led in all 45 cells), and held-out
+    # AUROC fell from 0.967 to 0.953 (benchmarks/README.md, fit cost). So not the default.
+    fusion_fold_episodes: float = 1.0
     # How that choice is made (train/fusion.py pick_candidate): the best mean AUROC over the
     # held-out folds, except that a candidate giving the network less weight wins when it is
     # within delong = one standard error of the paired AUROC difference (from the shots and

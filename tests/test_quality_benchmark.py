@@ -191,6 +191,19 @@ def test_cached_cells_of_another_config_are_not_reused(quality, tmp_path, capsys
     assert json.loads(cell_path.read_text())["config_sha"] == cell["config_sha"]
 
 
+def test_a_memory_or_fusion_setting_changes_the_methods_fingerprint_not_the_baselines(quality):
+    from metaad_dist.cli import compose_config
+
+    base = compose_config(["data=digits"])
+    changed = compose_config(["data=digits", "model.fusion_fold_episodes=0.5", "model.memory_reconstruction=autoencoder"])
+    for method in ("metaad", "oneclass_only"):
+        assert quality.cell_fingerprint(base, method) != quality.cell_fingerprint(changed, method)
+    for method in ("deep_sad", "inner_only", "oc_ensemble"):
+        assert quality.cell_fingerprint(base, method) == quality.cell_fingerprint(changed, method)
+        other = compose_config(["data=digits", "model.hidden_dims=[16]"])  # what baselines do read still counts
+        assert quality.cell_fingerprint(other, method) != quality.cell_fingerprint(base, method)
+
+
 def test_targets_are_computed_from_the_report_and_partial_entries_decide_nothing():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
