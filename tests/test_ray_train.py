@@ -452,7 +452,9 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
     param = torch.nn.Parameter(torch.zeros(2, 3))
     param.grad = torch.full((2, 3), float(rank + 1))
     GradientAverager("all_gather")([param])
-    results.put((rank, out["all_reduce"], out["all_gather"], param.grad.clone()))
+    # Plain lists, not tensors: a queued tensor travels as a shared-memory handle that the parent
+    # can only open while this process is still alive, and it may already have exited.
+    results.put((rank, out["all_reduce"].tolist(), out["all_gather"].tolist(), param.grad.tolist()))
     dist.destroy_process_group()
 
 
@@ -474,9 +476,9 @@ def test_gather_and_all_reduce_collectives_give_the_same_sums():
         p.join(timeout=60)
     expected = torch.arange(7, dtype=torch.float32) * 3 + 0.1
     for _, reduced, gathered, grad in got:
-        assert torch.allclose(reduced, expected) and torch.allclose(gathered, expected)
-        assert torch.equal(grad, torch.full((2, 3), 1.5))  # (1 + 2) / 2 workers
-    assert torch.equal(got[0][2], got[1][2])  # the gathered sum is bitwise the same on both workers
+        assert torch.allclose(torch.tensor(reduced), expected) and torch.allclose(torch.tensor(gathered), expected)
+        assert torch.equal(torch.tensor(grad), torch.full((2, 3), 1.5))  # (1 + 2) / 2 workers
+    assert got[0][2] == got[1][2]  # the gathered sum is bitwise the same on both workers
 
 
 class Foreign:
