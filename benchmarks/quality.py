@@ -493,18 +493,28 @@ def fusion_table(records: list[dict]) -> dict:
     return out
 
 
-def merge_previous(agg: dict, path: str, methods: list[str]) -> dict:
+def merge_previous(agg: dict, path: str, fusion: dict) -> dict:
     """Carry over the (dataset, budget, method) entries of an earlier report (--merge) that this run
-    has no cells for, e.g. when that report's per-cell cache is gone; returns what was carried,
-    with the commit that report was written at."""
+    has no cells for, e.g. when that report's per-cell cache is gone, whatever --methods this run
+    computed; likewise its fusion choices (`fusion`, this run's fusion_table) of the (dataset,
+    budget) pairs this run has no metaad cells for. Returns what was carried, with the commit that
+    report was written at."""
     previous = json.loads(Path(path).read_text())
+    for dataset, table in previous.get("fusion_weights", {}).items():
+        mine = fusion.setdefault(dataset, {"candidates": table.get("candidates"), "chosen": {}, "cells": []})
+        for budget, counts in table.get("chosen", {}).items():
+            if budget not in mine["chosen"]:
+                mine["chosen"][budget] = counts
+                mine["cells"] += [c for c in table.get("cells", []) if str(c["budget"]) == budget]
+        mine["cells"].sort(key=lambda c: (c["budget"], c["fold"], c["seed"]))
+        mine["chosen"] = dict(sorted(mine["chosen"].items(), key=lambda kv: int(kv[0])))
     carried: dict = {}
     for dataset, by_budget in previous.get("overall", {}).items():
         for budget, by_method in by_budget.items():
             mine = agg["overall"].setdefault(dataset, {}).setdefault(budget, {})
             folds = agg["per_fold"].setdefault(dataset, {}).setdefault(budget, {})
             for method, entry in by_method.items():
-                if method in mine or method not in methods or "auroc" not in entry:
+                if method in mine or "auroc" not in entry:
                     continue
                 mine[method] = {**entry, "carried_from": previous.get("commit", "unknown")}
                 folds[method] = previous["per_fold"][dataset][budget][method]
@@ -553,7 +563,9 @@ def markdown_report(agg: dict, args, seconds: float, command: str, provenance: d
     if carried.get("entries"):
         lines += ["", f"Rows marked *(carried over)* are copied from the earlier report {carried['from']} (written at "
                   f"commit {carried['commit']} by `{carried['command']}`), whose per-cell cache is not here: this run "
-                  "computed none of their cells, so they keep their own seeds and budgets and have no fusion table."]
+                  "computed none of their cells, so they keep their own seeds, budgets and fit seconds (measured in that "
+                  "run, maybe with another --jobs); the fusion tables of budgets this run has no metaad cells for are "
+                  "carried over too."]
     for dataset, by_budget in agg["overall"].items():
         for budget, by_method in by_budget.items():
             lines += ["", f"## {dataset}, budget {budget}", ""]
@@ -611,8 +623,8 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - start
         methods = [m for m in ALL_METHODS if m in args.methods]
         agg = aggregate(records, folds, methods, args.budgets)
-        carried = merge_previous(agg, args.merge, methods) if args.merge else {}
         fusion = fusion_table(records)
+        carried = merge_previous(agg, args.merge, fusion) if args.merge else {}
         command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

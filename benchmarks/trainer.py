@@ -231,7 +231,7 @@ def fit_phases(base: list[str]) -> dict:
     looped = time.perf_counter()
     setup.finish_model(model, cfg.model.score, cfg.seed)
     filled = time.perf_counter()
-    networks = {f: fold_network(cfg, setup, f, fit_network_only) for f in fold_plan(cfg, setup, model, fit_network_only)}
+    networks = {f: fold_network(cfg, setup, f, fit_network_only) for f in fold_plan(cfg, setup, fit_network_only)}
     folded = time.perf_counter()
     choose_fusion(cfg, setup, model, networks, log=lambda _: None)
     chosen = time.perf_counter()

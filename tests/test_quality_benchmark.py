@@ -96,15 +96,21 @@ def test_merge_carries_over_what_this_run_lacks(quality, tmp_path, capsys):
              "fit_seconds_per_cell": 7.0}
     earlier.write_text(json.dumps({
         "commit": "abc1234", "command": "python benchmarks/quality.py ...",
-        "overall": {"digits": {"5": {"devnet": entry, "isolation_forest": {**entry, "auroc": 0.01}}}},
-        "per_fold": {"digits": {"5": {"devnet": {"8": entry}, "isolation_forest": {"8": entry}}}},
+        "overall": {"digits": {"5": {"devnet": entry, "isolation_forest": {**entry, "auroc": 0.01}, "prenet": entry}}},
+        "per_fold": {"digits": {"5": {"devnet": {"8": entry}, "isolation_forest": {"8": entry}, "prenet": {"8": entry}}}},
+        "fusion_weights": {"digits": {"candidates": [[1, 0], [0, 1]], "chosen": {"5": {"[1, 0]": 1}},
+                                      "cells": [{"fold": "8", "seed": 0, "budget": 5, "weights": [1, 0]}]}},
     }))
     assert quality.main([*args, "--cached-only", "--merge", str(earlier)]) == 0
     report = json.loads((tmp_path / "out" / "quality.json").read_text())
     summary = report["summary"]["digits"]["5"]
     assert summary["devnet"] == {"auroc": 0.5, "aupr": 0.25, "fit_s": 7.0}  # carried: this run has no devnet cell
     assert summary["isolation_forest"]["auroc"] != 0.01  # computed here: the earlier entry does not replace it
-    assert report["carried_over"]["entries"] == {"digits": {"5": ["devnet"]}}
+    # Every method this run lacks is carried, even one outside its --methods, and the fusion
+    # choices of a budget it has no metaad cells for.
+    assert summary["prenet"]["auroc"] == 0.5
+    assert report["carried_over"]["entries"] == {"digits": {"5": ["devnet", "prenet"]}}
+    assert report["fusion_weights"]["digits"]["chosen"] == {"5": {"[1, 0]": 1}}
     assert "| devnet (carried over) |" in (tmp_path / "out" / "quality.md").read_text()
 
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from metaad_dist.config import MetaConfig
+from metaad_dist.config import MetaConfig, plain
 from metaad_dist.episodes.episode import Episode
 from metaad_dist.episodes.sampler import draw_shots
 from metaad_dist.episodes.schedule import multidirectional_schedule
@@ -269,7 +269,7 @@ class BufferedEpisodeSampler:
             raise ValueError(f"rank {rank} outside 0..{plan.num_actors - 1}")
         self.plan = plan
         self.rank = rank
-        self.cfg = plan.meta
+        self.cfg = plain(plan.meta)
         self.schedule = multidirectional_schedule(
             len(plan.normal), sorted(plan.budget_x), self.cfg.normal_per_episode, self.cfg.meta_per_episode, plan.seed
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metaad_dist.config import MetaConfig
+from metaad_dist.config import MetaConfig, plain
 from metaad_dist.episodes.episode import Episode
 from metaad_dist.episodes.schedule import multidirectional_schedule
 from metaad_dist.errors import ConfigError
@@ -40,7 +40,7 @@ class EpisodeSampler:
         self.normal_x = normal_x
         self.normal_labels = normal_labels
         self.budget_x = budget_x
-        self.cfg = cfg
+        self.cfg = cfg = plain(cfg)
         self.seed = seed
         self.schedule = multidirectional_schedule(
             num_normal_families, sorted(budget_x), cfg.normal_per_episode, cfg.meta_per_episode, seed

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from metaad_dist.config import MetaConfig
+from metaad_dist.config import MetaConfig, plain
 from metaad_dist.episodes.episode import Episode
 from metaad_dist.errors import ConfigError
 from metaad_dist.meta.curriculum import HardFamilyCurriculum
@@ -97,7 +97,7 @@ class MetaLearner:
     ):
         check_episodes_per_step(cfg)
         self.model = model.to(device)
-        self.cfg = cfg
+        self.cfg = plain(cfg)
         self.device = device
         self.grad_sync = grad_sync
         self.stat_sync = stat_sync

@@ -153,7 +153,7 @@ def train_local_run(cfg) -> tuple[dict, str, int]:
         folder.start()
         result = train_local(cfg, setup=setup, checkpoints=checkpoints)
         trainer = {"name": "local", "episodes_trained": cfg.meta.episodes - result.resumed_at,
-                   "resumed_at_episode": result.resumed_at}
+                   "resumed_at_episode": result.resumed_at, "fusion": result.fusion}
         metrics = save_trained_run(cfg, folder.location, result.trained, result.setup, result.history,
                                    result.seconds, {"trainer": trainer})
     except BaseException:

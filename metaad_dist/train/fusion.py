@@ -126,11 +126,12 @@ class Calibration:
     one_class: torch.Tensor  # (one-class components, rows)
 
 
-def fold_plan(cfg: Config, setup: TrainingSetup, model: MetaADModel, fit: Optional[FitNetwork]) -> list[str]:
+def fold_plan(cfg: Config, setup: TrainingSetup, fit: Optional[FitNetwork]) -> list[str]:
     """The meta families the fusion choice holds out in turn, each one a training run; [] when
     there is no choice to make (no memory, one candidate, no `fit`, or one meta family, which
-    cannot be held out: the network would have no shots left)."""
-    if model.memory is None or fit is None or len(fusion_candidates(cfg.model)) == 1 or len(setup.roles.meta) < 2:
+    cannot be held out: the network would have no shots left). Known before the run's own loop."""
+    no_memory = setup.model_args.get("memory_rows", 0) == 0
+    if no_memory or fit is None or len(fusion_candidates(cfg.model)) == 1 or len(setup.roles.meta) < 2:
         return []
     return fold_families(list(setup.roles.meta), cfg.model.fusion_folds, cfg.seed)
 
@@ -180,9 +181,14 @@ def setup_without(sub_cfg: Config, setup: TrainingSetup, roles) -> TrainingSetup
         )
     return dataclasses.replace(
         setup, roles=roles, view=view, sampler=sampler,
-        model_args={**setup.model_args, "memory_rows": 0, "calibration_rows": 0},  # sub_cfg: no memory
+        model_args=fold_model_args(setup),
         memory_x=setup.memory_x[:0], calibration_x=setup.calibration_x[:0],
     )
+
+
+def fold_model_args(setup: TrainingSetup) -> dict:
+    """A fold network's MetaADModel arguments: the run's, without the normal memory."""
+    return {**setup.model_args, "memory_rows": 0, "calibration_rows": 0}
 
 
 @torch.no_grad()
@@ -233,8 +239,9 @@ def finish_training(
     cfg: Config, setup: TrainingSetup, model: MetaADModel, fit: Optional[FitNetwork], log: Callable[[str], None] = print
 ) -> MetaADModel:
     """Fill the normal memory and set its fusion weights: chosen among the candidates when
-    there are several and `fit` can train the held-out-family networks, else the first.
-    (Ray Train runs the same three parts, the fold networks spread over its workers.)"""
+    there are several and `fit` can train the held-out-family networks, else the first. The
+    reference, all in this process: the local trainer trains the fold networks beside its loop
+    (fold_processes.py), Ray Train over its workers, both with the same result."""
     setup.finish_model(model, cfg.model.score, cfg.seed)
-    networks = {family: fold_network(cfg, setup, family, fit) for family in fold_plan(cfg, setup, model, fit)}
+    networks = {family: fold_network(cfg, setup, family, fit) for family in fold_plan(cfg, setup, fit)}
     return choose_fusion(cfg, setup, model, networks, log)

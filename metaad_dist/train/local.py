@@ -10,14 +10,15 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from metaad_dist.config import Config
+from metaad_dist.config import Config, plain
 from metaad_dist.eval.metrics import detection_metrics
 from metaad_dist.meta.learner import MetaLearner, step_episodes
 from metaad_dist.model.networks import MetaADModel
 from metaad_dist.train.artifacts import TrainedModel
 from metaad_dist.train.checkpoint import LocalCheckpoints
-from metaad_dist.train.fusion import finish_training
-from metaad_dist.train.setup import TrainingSetup, configure_torch, prepare_training
+from metaad_dist.train.fold_processes import LocalFolds, fold_process_count
+from metaad_dist.train.fusion import choose_fusion, fold_plan
+from metaad_dist.train.setup import TrainingSetup, configure_torch, prepare_training, resolve_device
 
 
 @dataclass
@@ -27,6 +28,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0  # training time of the run, earlier processes' share included
     resumed_at: int = 0  # episodes already done (from a checkpoint) when this process started
+    fusion: dict = field(default_factory=dict)  # which process trained each fusion fold (LocalFolds.report)
 
 
 @torch.no_grad()
@@ -67,12 +69,19 @@ def train_local(
         log(setup.describe())
     start = time.perf_counter()
     progress = Progress()
-    model, history = fit_network(cfg, setup, outer, log, on_validation, checkpoints, progress)
     # The fusion choice re-enacts the method's own training; the inner-only ablation has none.
-    finish_training(cfg, setup, model, fit_network_only if outer else None, log)
+    # Its fold networks need nothing of this run's network: they train beside the loop.
+    fit = fit_network_only if outer else None
+    families = fold_plan(cfg, setup, fit)
+    processes = fold_process_count(cfg.trainer.fold_processes, len(families), resolve_device(cfg.trainer.device))
+    with LocalFolds(cfg, setup, families, fit, processes, log) as folds:
+        model, history = fit_network(cfg, setup, outer, log, on_validation, checkpoints, progress)
+        setup.finish_model(model, cfg.model.score, cfg.seed)
+        networks = folds.networks()
+    choose_fusion(cfg, setup, model, networks, log)
     trained = TrainedModel(model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
     seconds = progress.seconds_before + time.perf_counter() - start
-    return TrainResult(trained, setup, history, seconds, progress.resumed_at)
+    return TrainResult(trained, setup, history, seconds, progress.resumed_at, folds.report())
 
 
 @dataclass
@@ -122,23 +131,24 @@ def fit_network(
     first, history = resume_loop(checkpoints, learner, setup.sampler, progress, log)
     start = time.perf_counter()
     label = "method" if outer else "inner-only"
-    per_step = cfg.meta.episodes_per_step
-    steps = math.ceil(cfg.meta.episodes / per_step)
+    meta, trainer, quiet = plain(cfg.meta), plain(cfg.trainer), cfg.quiet  # read every step
+    per_step = meta.episodes_per_step
+    steps = math.ceil(meta.episodes / per_step)
     total = steps * per_step
     for s in range(first // per_step, steps):  # checkpoints fall on step boundaries
         indices = step_episodes(s, per_step)
         before, done = indices[0], indices[-1] + 1
         metrics = learner.step(
-            [setup.sampler.episode(e) for e in indices], outer=outer and before >= cfg.meta.warmup_episodes
+            [setup.sampler.episode(e) for e in indices], outer=outer and before >= meta.warmup_episodes
         )
-        if crossed(before, done, cfg.trainer.validate_every) or done == total:
+        if crossed(before, done, trainer.validate_every) or done == total:
             metrics["val_auroc"] = validation_auroc(learner.model, setup, cfg.model.score, device)
         metrics["episode"] = done
         history.append(metrics)
         if on_validation is not None and "val_auroc" in metrics:
             on_validation(metrics)
         checkpoint_loop(checkpoints, learner, setup.sampler, before, done, total, history, progress, start)
-        if not cfg.quiet and (crossed(before, done, cfg.trainer.log_every) or done == total):
+        if not quiet and (crossed(before, done, trainer.log_every) or done == total):
             rate = (done - first) / (time.perf_counter() - start)
             shown = " ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items()

@@ -232,7 +232,7 @@ def train_worker(config: dict) -> None:
 
 
 def finish_in_parallel(cfg, setup, model, rank: int, world: int, log) -> dict:
-    """`fusion.finish_training` spread over the workers. The fold networks (each trained at
+    """The fusion choice's fold networks spread over the workers. The fold networks (each trained at
     W*E episodes per step like the run itself) are a shared queue (`fold_queue`): every worker
     takes the next untrained fold until none is left, rank 0 only once it has filled the
     normal memory (on UNSW-NB15 as long as three or four folds), so no worker idles while
@@ -242,7 +242,7 @@ def finish_in_parallel(cfg, setup, model, rank: int, world: int, log) -> dict:
     seconds each part took."""
     started = time.perf_counter()
     fold_cfg = OmegaConf.merge(cfg, {"meta": {"episodes_per_step": world * cfg.meta.episodes_per_step}})
-    families = fold_plan(fold_cfg, setup, model, fit_network_only)
+    families = fold_plan(fold_cfg, setup, fit_network_only)
     memory_s = 0.0
     if rank == 0:
         setup.finish_model(model, cfg.model.score, cfg.seed)
