@@ -29,9 +29,13 @@ loop, which these rows do not time.
   sampler_wait_fraction = share of the Ray workers' loop time spent waiting for the next
                           episode (the larger of ray1 and ray2)
   fit_phases_s          = one full local fit on UNSW-NB15 (memory on, default fusion): seconds
-                          of the loop, the fusion folds, the memory fill (forest, autoencoder)
-                          and its calibration; beside it the after-the-loop seconds of a ray2
-                          run, whose folds train on both workers while rank 0 fills the memory
+                          of the loop, the fusion folds, the memory fill (forest, reconstruction)
+                          and its calibration, with the folds after the loop in one process;
+                          `local_fit_s`, the same fit with the folds in forked processes beside
+                          the loop (trainer.fold_processes, the default); beside them the
+                          after-the-loop seconds of a ray2 run, whose folds train on both
+                          workers while rank 0 fills the memory. `--phases-only` re-measures
+                          these alone into an existing report
 
 Each variant runs --repeats times, interleaved; the best loop rate counts (the medians are
 reported beside it). Load from other processes on the machine is recorded with the results.
@@ -74,7 +78,7 @@ from metaad_dist.eval.metrics import detection_metrics  # noqa: E402
 from metaad_dist.train.artifacts import load_run  # noqa: E402
 from metaad_dist.train.commands import run_location  # noqa: E402
 from metaad_dist.train.fusion import choose_fusion, fold_network, fold_plan  # noqa: E402
-from metaad_dist.train.local import fit_network, fit_network_only  # noqa: E402
+from metaad_dist.train.local import fit_network, fit_network_only, train_local  # noqa: E402
 from metaad_dist.train.ray_trainer import train_ray  # noqa: E402
 from metaad_dist.train.setup import configure_torch, prepare_training  # noqa: E402
 
@@ -221,8 +225,10 @@ def run_ray(base: list[str], workers: int, name: str, auroc: bool = False) -> di
 
 
 def fit_phases(base: list[str]) -> dict:
-    """One full local fit (memory on), phase by phase, as `train_local` runs them."""
-    cfg = compose_config(base)
+    """One full local fit (memory on), phase by phase with the folds after the loop in this
+    process (trainer.fold_processes=1, the serial reference), then the same fit as `train_local`
+    runs it by default: the folds in forked processes beside the loop (`local_fit_s`)."""
+    cfg = compose_config([*base, "trainer.fold_processes=1"])
     started = time.perf_counter()
     setup = prepare_training(cfg)
     configure_torch(cfg.trainer)
@@ -236,7 +242,12 @@ def fit_phases(base: list[str]) -> dict:
     choose_fusion(cfg, setup, model, networks, log=lambda _: None)
     chosen = time.perf_counter()
     fill = model.memory.fill_seconds
+    started_default = time.perf_counter()
+    result = train_local(compose_config(base), log=lambda _: None)
+    local_fit_s = time.perf_counter() - started_default
     return {
+        "local_fit_s": local_fit_s,  # prepare + loop + memory + folds beside the loop + choice
+        "local_fit_fusion": result.fusion,  # the folds each process trained
         "prepare": prepared - started,
         "loop": looped - prepared,
         "folds": folded - filled,
@@ -250,6 +261,42 @@ def fit_phases(base: list[str]) -> dict:
         "after_loop": chosen - looped,
         "total": chosen - started,
     }
+
+
+def unsw_phases(args, tmp: str) -> dict:
+    """fit_phases on UNSW-NB15 and the after-loop part of the same fit under 2 Ray Train workers."""
+    full = overrides(args, "unsw_nb15", os.path.join(tmp, "runs"))
+    phases = fit_phases(full)
+    ray2_full = run_ray(full, 2, "unsw_nb15-ray2-full")
+    phases["ray2_after_loop"] = ray2_full["after_loop_seconds"]
+    phases["ray2_fusion"] = ray2_full["fusion"]
+    print(f"fit phases (UNSW-NB15, local): {json.dumps({k: v for k, v in phases.items() if k != 'ray2_fusion'})}")
+    return phases
+
+
+def phases_only(args) -> int:
+    """Re-measure fit_phases_s alone into an existing report, recording when and at which commit."""
+    import ray
+
+    from benchmarks.quality import git_commit
+
+    ensure_prepared("unsw_nb15", args.data_root)
+    output = Path(args.output)
+    report = json.loads(output.read_text()) if output.is_file() else {"benchmark": "trainer"}
+    with tempfile.TemporaryDirectory(prefix="metaad-bench-trainer-") as tmp:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 _temp_dir=os.path.join(tmp, "ray"), log_to_driver=False)
+        try:
+            report["fit_phases_s"] = unsw_phases(args, tmp)
+        finally:
+            ray.shutdown()
+    report["fit_phases_measured"] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
+        "command": "python benchmarks/trainer.py " + " ".join(sys.argv[1:]), "load_average": os.getloadavg(),
+    }
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote fit_phases_s into {output}")
+    return 0
 
 
 def ratios(best: dict, runs: dict) -> dict:
@@ -316,6 +363,8 @@ def main() -> int:
     parser.add_argument("--validate-every", type=int, default=500)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--no-phases", action="store_true", help="skip fit_phases_s (the full UNSW-NB15 fits)")
+    parser.add_argument("--phases-only", action="store_true",
+                        help="measure fit_phases_s alone and replace it in --output's report (noted there)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every variant, e.g. --set meta.n_support=1024")
     parser.add_argument("--data-root", default=str(REPO / "prepared"), help="prepared datasets (metaad prepare output)")
@@ -324,6 +373,8 @@ def main() -> int:
 
     import ray
 
+    if args.phases_only:
+        return phases_only(args)
     for dataset in args.datasets:
         if dataset != "digits":
             ensure_prepared(dataset, args.data_root)
@@ -355,12 +406,7 @@ def main() -> int:
                         f"{k} {v[-1]['episodes_per_s']:.1f} episodes/s" for k, v in rows.items()
                     ), flush=True)
             if "unsw_nb15" in args.datasets and not args.no_phases:
-                full = overrides(args, "unsw_nb15", os.path.join(tmp, "runs"))
-                phases = fit_phases(full)
-                ray2_full = run_ray(full, 2, "unsw_nb15-ray2-full")
-                phases["ray2_after_loop"] = ray2_full["after_loop_seconds"]
-                phases["ray2_fusion"] = ray2_full["fusion"]
-                print(f"fit phases (UNSW-NB15, local): {json.dumps({k: v for k, v in phases.items() if k != 'ray2_fusion'})}")
+                phases = unsw_phases(args, tmp)
         finally:
             ray.shutdown()
 
