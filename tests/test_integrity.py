@@ -298,6 +298,9 @@ def test_local_run_killed_after_a_checkpoint_resumes_bit_identical(tmp_path):
     kept = sorted(p.name for p in (root / "killme").iterdir() if p.name.startswith("checkpoint_"))
     assert kept == ["checkpoint_000000090", "checkpoint_000000120"]  # trainer.keep_checkpoints=2
     m = json.loads((root / "killme" / "metrics.json").read_text())
+    fusion = m["trainer"].pop("fusion")  # the fold networks, trained after the resume
+    folds = sorted(f for by_process in fusion["folds_by_process"] for f in by_process)
+    assert folds and folds == sorted(set(folds)) and len(fusion["folds_by_process"]) == fusion["fold_processes"]
     assert m["trainer"] == {"name": "local", "episodes_trained": 120 - resumed_at, "resumed_at_episode": resumed_at}
     assert [h["episode"] for h in m["history"]] == list(range(1, 121))  # history carried over
 

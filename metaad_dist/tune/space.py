@@ -4,6 +4,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 from ray import tune
 
+from metaad_dist.config import Config
 from metaad_dist.errors import ConfigError
 
 BUDGET_KEY = "meta.budget"
@@ -49,9 +50,11 @@ def build_param_space(cfg) -> dict:
 
 
 def apply_params(cfg, params: dict):
-    """A copy of cfg with the trial's values; k_shot is capped by the trial's budget."""
-    trial = OmegaConf.create(OmegaConf.to_container(cfg))
-    OmegaConf.set_struct(trial, True)
+    """A typed copy of cfg with the trial's values; k_shot is capped by the trial's budget.
+
+    Typed (the Config schema under it), so that sections read per step become their dataclasses
+    (config.plain) and a trial value of the wrong type fails like a command-line override."""
+    trial = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
     for path, value in params.items():
         OmegaConf.update(trial, path, value, merge=False)
     trial.meta.k_shot = min(trial.meta.k_shot, trial.meta.budget)
