@@ -23,7 +23,7 @@ from metaad_dist.data.prepare import prepare_dataset
 from metaad_dist.data.prepared import PreparedSource
 from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.eval.score_command import score_command
-from metaad_dist.eval.scoring import MARKER
+from metaad_dist.eval.scoring import MARKER, ScoreOutput
 from test_prepare import COUNTS, synth_data, synth_rows, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,6 +227,23 @@ def test_killed_scoring_job_leaves_no_completion_marker(ray_local, compose, digi
     marker = json.loads((out / MARKER).read_text())
     assert sorted(p.name for p in out.glob("part-*.parquet")) == sorted(f["path"] for f in marker["files"])
     assert marker["rows"] == table.num_rows
+
+
+def test_commit_counts_only_the_parts_the_job_reported_written(tmp_path):
+    """A batch that failed after writing its part and was retried elsewhere leaves a part of this
+    job that no actor reported: the commit deletes it instead of counting its rows twice."""
+    out = ScoreOutput(str(tmp_path / "out"), StorageConfig())
+    out.begin()
+    scored = pa.table({"id": [1, 2, 3], "anomaly_score": [0.1, 0.9, 0.2], "is_anomaly": [False, True, False]})
+    (tmp_path / "out").mkdir()
+    for suffix in ("a-000000", "a-000001", "b-000000"):
+        pq.write_table(scored, tmp_path / "out" / out.part_name(suffix))
+    marker = out.commit({"engine": "ray-data"}, [out.part_name("a-000000"), out.part_name("b-000000")])
+    assert sorted(f["path"] for f in marker["files"]) == [out.part_name("a-000000"), out.part_name("b-000000")]
+    assert marker["rows"] == 6 and marker["flagged"] == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == sorted(f["path"] for f in marker["files"])
+    with pytest.raises(DataError, match="reported written is not there"):
+        out.commit({}, [out.part_name("c-000000")])
 
 
 def test_score_refuses_a_folder_holding_other_files(compose, digits_run, tmp_path):

@@ -45,13 +45,14 @@ def score_command(cfg) -> None:
         out = ScoreOutput(output, cfg.storage)
         out.begin()
         if len(files) == 1 and files[0].size <= cfg.score.in_process_max_bytes:
-            score_in_process(files[0], source.fs, out.location, out.part_name("000000"), trained, payload,
+            written = [out.part_name("000000")]
+            score_in_process(files[0], source.fs, out.location, written[0], trained, payload,
                              cfg.score.batch_rows, device)
             info["engine"] = "in-process"
         else:
-            score_with_ray(cfg, source, files, out, trained, payload)
+            written = score_with_ray(cfg, source, files, out, trained, payload)
             info["engine"] = "ray-data"
-        marker = out.commit(info)
+        marker = out.commit(info, written)
         rows, flagged, where = marker["rows"], marker["flagged"], f"{out.location.uri} ({len(marker['files'])} files)"
     if not cfg.quiet:
         print(f"scored {rows} rows -> {where} ({flagged} flagged)")

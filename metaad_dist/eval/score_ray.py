@@ -2,9 +2,16 @@
 
 read_csv / read_parquet (one read task per file, blocks streamed) -> map_batches(_Scorer) on
 score.concurrency actors, each holding the model once (fetched from the object store, not
-re-read from storage) -> write_parquet into the output folder under this job's part names. The
+re-read from storage), scoring a batch and writing it as one part file under this job's part
+names; the driver gathers the names of the parts written (one small row per batch). The
 streaming executor keeps a bounded number of blocks in flight, so memory does not grow with the
-input. The caller (score_command.score_command) commits the parts with the marker afterwards.
+input. The caller (score_command.score_command) commits exactly those parts with the marker.
+
+Why the actors write, not `write_parquet`: Ray Data does not fuse a task-pool write into an
+actor-pool map, so every scored block made a second trip through the object store to a write
+task that needed a CPU of its own beside the actors (on 2 CPUs one write ran at a time and the
+actors idled behind it, benchmarks/README.md). A part a failed or retried batch left behind is
+not in the gathered list, so the commit deletes it instead of counting its rows twice.
 
 Runs on the local Ray instance (127.0.0.1) or, with RAY_ADDRESS set or inside a Ray Job, on the
 cluster. A failed batch surfaces as one line: the inputs it came from (or, for a read error,
@@ -12,17 +19,22 @@ all inputs) are re-read here without the model to name the first bad file and ro
 """
 from __future__ import annotations
 
+import posixpath
 import sys
+import uuid
+from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from metaad_dist.data.parallel_read import user_error_behind
+from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import DataError, UserError
-from metaad_dist.eval.scoring import PATH_COLUMN, first_error, read_types, score_table
-
-from ray.data.datasource import FilenameProvider
+from metaad_dist.eval.scoring import FLAG_COLUMN, PATH_COLUMN, first_error, read_types, score_table
 
 
 class _BatchError(DataError):
@@ -36,10 +48,23 @@ class _BatchError(DataError):
         return self.message
 
 
-class _Scorer:
-    """One per actor: the model is fetched once, then every batch is scored with it."""
+@dataclass(frozen=True)
+class _PartSink:
+    """Where the scoring actors write: the output folder on a filesystem they can use, and the
+    job's part-name prefix (ScoreOutput.part_name)."""
 
-    def __init__(self, model_ref: list, threshold: float, encoder: Optional[dict], device: str, torch_threads: int):
+    fs: pafs.FileSystem
+    folder: str
+    uri: str
+    prefix: str
+
+
+class _Scorer:
+    """One per actor: the model is fetched once, then every batch is scored with it and written
+    as one part file (`part_prefix` + this actor's id + a counter) into `folder` on `fs`."""
+
+    def __init__(self, model_ref: list, threshold: float, encoder: Optional[dict], device: str, torch_threads: int,
+                 sink: _PartSink):
         import ray
         import torch
 
@@ -47,10 +72,21 @@ class _Scorer:
             torch.set_num_threads(torch_threads)
         self.trained = ray.get(model_ref[0])
         self.threshold, self.encoder, self.device = threshold, encoder, torch.device(device)
+        self.sink, self.prefix = sink, f"{sink.prefix}{uuid.uuid4().hex[:12]}-"
+        self.parts = 0
         self.warned: set[str] = set()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        paths = sorted(set(batch.column(PATH_COLUMN).to_pylist())) if PATH_COLUMN in batch.column_names else []
+        scored = self.score(batch)
+        name = f"{self.prefix}{self.parts:06d}.parquet"
+        self.parts += 1
+        with storage_errors(f"{self.sink.uri.rstrip('/')}/{name}", writing=True):
+            pq.write_table(scored, posixpath.join(self.sink.folder, name), filesystem=self.sink.fs)
+        flagged = pc.sum(scored.column(FLAG_COLUMN)).as_py() or 0
+        return pa.table({"part": [name], "rows": [scored.num_rows], "flagged": [flagged]})
+
+    def score(self, batch: pa.Table) -> pa.Table:
+        paths = sorted(pc.unique(batch.column(PATH_COLUMN)).to_pylist()) if PATH_COLUMN in batch.column_names else []
         table = batch.drop_columns([PATH_COLUMN]) if paths else batch
         where = ", ".join(paths) or "input"
         try:
@@ -66,19 +102,9 @@ class _Scorer:
         return scored
 
 
-class _PartNames(FilenameProvider):
-    """part-<job>-<write uuid>-<task>.parquet: the names ScoreOutput.commit recognises as this job's."""
-
-    def __init__(self, output):
-        super().__init__(file_format="parquet")
-        self.output = output
-
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return self.output.part_name(f"{write_uuid}-{task_index:06d}")
-
-
-def score_with_ray(cfg, source, files, out, trained, payload) -> None:
-    """Score `files` (under the Location `source`) into the ScoreOutput `out` with Ray Data."""
+def score_with_ray(cfg, source, files, out, trained, payload) -> list[str]:
+    """Score `files` (under the Location `source`) into the ScoreOutput `out` with Ray Data;
+    returns the names of the part files written (for out.commit)."""
     import ray
     import ray.data
 
@@ -109,10 +135,11 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
         cpus = float(cfg.score.cpus_per_actor)
         actors = cfg.score.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         device = str(_device(cfg))
+        sink = _PartSink(out_fs, out.location.base, out.location.uri, out.part_name("").removesuffix(".parquet"))
         ds = ds.map_batches(
             _Scorer,
             fn_constructor_args=([ray.put(trained)], float(payload["threshold"]), encoder, device,
-                                 int(cfg.trainer.torch_threads)),
+                                 int(cfg.trainer.torch_threads), sink),
             batch_format="pyarrow",
             batch_size=cfg.score.batch_rows,
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=cfg.score.tasks_per_actor),
@@ -120,8 +147,10 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> None:
             num_gpus=1 if device.startswith("cuda") else None,
             runtime_env={"env_vars": worker_env(cfg.trainer)},
         )
+        if not out.location.is_s3:
+            out.location.fs.create_dir(out.location.base, recursive=True)
         try:
-            ds.write_parquet(out.location.base, filesystem=out_fs, filename_provider=_PartNames(out))
+            return [row["part"] for row in ds.take_all()]  # one row per batch: the parts to commit
         except Exception as exc:  # noqa: BLE001 - any failure of the job becomes one line below
             raise _one_line_failure(exc, files, source.fs, trained, encoder, cfg.score.batch_rows) from None
     finally:

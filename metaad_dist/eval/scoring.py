@@ -29,7 +29,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -271,14 +271,20 @@ class ScoreOutput:
     def part_name(self, suffix: str) -> str:
         return f"{PART_PREFIX}{self.job}-{suffix}.parquet"
 
-    def commit(self, info: dict) -> dict:
-        """Delete other jobs' parts, then write the marker; returns it."""
+    def commit(self, info: dict, written: Optional[Sequence[str]] = None) -> dict:
+        """Delete every part but this job's, then write the marker; returns it. `written`: the
+        parts the job reported as complete (any other part of this job, e.g. left by a retried
+        batch, is deleted too)."""
+        keep = set(written) if written is not None else None
         parts = []
         for name in self.location.list_children():
-            if name.startswith(f"{PART_PREFIX}{self.job}-"):
+            if name.startswith(f"{PART_PREFIX}{self.job}-") and (keep is None or name in keep):
                 parts.append(name)
             elif name != MARKER:
                 self.location.delete(name)
+        if keep is not None and len(parts) != len(keep):
+            missing = sorted(keep - set(parts))[0]
+            raise DataError(f"output={self.location.uri}: part '{missing}' reported written is not there")
         files, flagged = [], 0
         for name in sorted(parts):
             with storage_errors(self.location.uri_of(name)), self.location.fs.open_input_file(self.location.path(name)) as f:
