@@ -259,7 +259,28 @@ def test_version(capsys):
 
 
 KILL = ["data=digits", "meta.episodes=120", "trainer.checkpoint_every=30", "trainer.log_every=10",
-        "trainer.keep_checkpoints=2", "model.hidden_dims=[32]", "model.embed_dim=16"]
+        "trainer.keep_checkpoints=2", "model.hidden_dims=[32]", "model.embed_dim=16",
+        "trainer.fold_processes=2"]  # a fusion fold process beside the loop, whatever the cores
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: ppid
+                    found.append(int(entry))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+def ended(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie: ended, not yet reaped
+    except OSError:
+        return True
 
 
 def test_local_run_killed_after_a_checkpoint_resumes_bit_identical(tmp_path):
@@ -273,11 +294,17 @@ def test_local_run_killed_after_a_checkpoint_resumes_bit_identical(tmp_path):
         if "episode" in line and (root / "killme" / "checkpoint_000000030" / "state.pt").exists():
             killed_at = int(line.split("episode ")[1].split("/")[0])
             if killed_at > 30:
+                folds = children_of(proc.pid)
                 proc.send_signal(signal.SIGKILL)
                 break
         assert time.time() < deadline
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and killed_at is not None and killed_at < 120
+    assert folds, "no fold process beside the loop"
+    gone = time.time() + 15
+    while not all(ended(pid) for pid in folds) and time.time() < gone:
+        time.sleep(0.2)
+    assert all(ended(pid) for pid in folds), "a fold process outlived its killed parent"
     assert not (root / "killme" / "model.pt").exists()
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import queue
 import sys
+import threading
 import time
 import traceback
 from typing import Callable, Optional, Sequence
@@ -32,6 +33,7 @@ from metaad_dist.train.fusion import FitNetwork, fold_model_args, fold_network
 from metaad_dist.train.setup import TrainingSetup
 
 POLL_SECONDS = 0.2  # how often the gathering parent looks for a child that died without reporting
+ORPHAN_POLL_SECONDS = 1.0  # how often a child looks whether its parent is still there
 
 
 def fold_process_count(setting: int, folds: int, device: torch.device) -> int:
@@ -64,6 +66,7 @@ class LocalFolds:
 
     def __enter__(self) -> "LocalFolds":
         if self.processes > 1:
+            self.parent = os.getpid()
             ctx = multiprocessing.get_context("fork")
             self.counter = ctx.Value("i", 0)
             # A queue, not a pipe: its feeder thread buffers a fold's weights (larger than a pipe
@@ -100,6 +103,7 @@ class LocalFolds:
         """A forked child: train folds until none is left, send each one's weights. Ends with
         os._exit so that nothing of the parent's (atexit hooks, buffered output) runs twice."""
         code = 0
+        threading.Thread(target=self._end_with_parent, daemon=True).start()
         try:
             while (index := self._claim()) is not None:
                 started = time.perf_counter()
@@ -113,6 +117,13 @@ class LocalFolds:
             self.results.close()
             self.results.join_thread()  # everything sent is in the pipe before the process ends
             os._exit(code)
+
+    def _end_with_parent(self) -> None:
+        """A parent killed without a word (SIGKILL, out of memory) runs no cleanup: without this
+        its children would train on, or block for ever sending weights nobody reads."""
+        while os.getppid() == self.parent:
+            time.sleep(ORPHAN_POLL_SECONDS)
+        os._exit(1)
 
     def networks(self) -> dict[str, MetaADModel]:
         """Train in this process every fold no child has taken, then gather the children's. A
