@@ -7,9 +7,16 @@ tiled with noise) are written as Parquet files of --file-rows rows: --rows rows 
   - the in-process path (`metaad score` on one file, scoring.score_in_process) on the 1x rows,
   - the Ray Data path (score_command.score_command on the 1x folder) on a warm local Ray instance;
 then the Ray Data path once on the 10x folder (parallel_vs_single_10x: its rate over the in-process
-rate, with the per-job start-up amortised). peak_rss_bytes: the peak, sampled every 0.1 s,
-of the summed PSS (resident memory, shared pages split among their mappers) of this process and
-all its descendants (Ray's raylet, object store and workers included).
+rate, with the per-job start-up amortised). peak_rss_bytes: the peak of the summed PSS (resident
+memory, shared pages split among their mappers) of this process and all its descendants (Ray's
+raylet, object store and workers included).
+
+Sampling that sum reads /proc/<pid>/smaps_rollup of every process in the tree, ~65 ms of CPU per
+sample here: at 0.1 s it took ~40 % of a core, which the in-process path (one core busy) did not
+miss and the Ray Data path (both cores busy) did. So the 1x peaks come from the untimed warm-up
+round, the timed rounds run unsampled, and the 10x run is timed and sampled at once; both sample
+every --rss-every seconds (1 s: ~3 % of the two cores), so that the 10x/1x ratio compares like
+with like.
 
     .venv/bin/python benchmarks/score.py [--rows 1000000] [--repeats 2]
 
@@ -75,7 +82,10 @@ def _pss(pid: int) -> int:
 
 
 class PeakRss:
-    """Peak summed PSS of this process tree while the block runs."""
+    """Peak summed PSS of this process tree while the block runs, sampled every `every` seconds."""
+
+    def __init__(self, every: float = 0.1):
+        self.every = every
 
     def __enter__(self):
         self.peak, self._stop = 0, threading.Event()
@@ -86,7 +96,7 @@ class PeakRss:
     def _sample(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, tree_rss(os.getpid()))
-            self._stop.wait(0.1)
+            self._stop.wait(self.every)
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -112,6 +122,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the 1x input (10x is ten times this)")
     parser.add_argument("--file-rows", type=int, default=250_000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rss-every", type=float, default=1.0, help="seconds between memory samples of the 10x run")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "score.json"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -147,22 +158,22 @@ def main() -> int:
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
         seconds = {"pyarrow_read": [], "single": [], "parallel": []}
         rss = {}
-        for r in range(args.repeats + 1):  # the first round warms Ray's workers and the page cache
-            runs = {
-                "pyarrow_read": lambda: pads.dataset(str(one), format="parquet").to_table(),
-                "single": lambda: score_in_process(files[0], loc.fs, sink, "s.parquet", trained, payload,
-                                                   cfg.score.batch_rows, device),
-                "parallel": lambda: score_command(cfg_for(one, work / "out1")),
-            }
+        runs = {
+            "pyarrow_read": lambda: pads.dataset(str(one), format="parquet").to_table(),
+            "single": lambda: score_in_process(files[0], loc.fs, sink, "s.parquet", trained, payload,
+                                               cfg.score.batch_rows, device),
+            "parallel": lambda: score_command(cfg_for(one, work / "out1")),
+        }
+        for name, fn in runs.items():  # untimed: warms Ray's workers and the page cache, measures memory
+            with PeakRss(args.rss_every) as peak:
+                fn()
+            rss[name] = peak.peak
+        for _ in range(args.repeats):
             for name, fn in runs.items():
-                with PeakRss() as peak:
-                    started = time.perf_counter()
-                    fn()
-                    took = time.perf_counter() - started
-                if r:
-                    seconds[name].append(took)
-                    rss[name] = max(rss.get(name, 0), peak.peak)
-        with PeakRss() as peak10:
+                started = time.perf_counter()
+                fn()
+                seconds[name].append(time.perf_counter() - started)
+        with PeakRss(args.rss_every) as peak10:
             started = time.perf_counter()
             score_command(cfg_for(ten, work / "out10"))
             ten_s = time.perf_counter() - started
@@ -184,6 +195,7 @@ def main() -> int:
                   "parquet_bytes_1x": bytes_1x, "parquet_bytes_10x": bytes_10x, "features": 64,
                   "model": "digits run, meta.episodes=60"},
         "repeats": args.repeats,
+        "rss_sampling": {"every_s": args.rss_every, "1x": "the untimed warm-up round", "10x": "the timed run"},
         "rows_per_s": {"pyarrow_read_1x": rate["pyarrow_read"], "single_1x": rate["single"],
                        "parallel_1x": rate["parallel"], "parallel_10x": 10 * args.rows / ten_s},
         "seconds": {**{f"{k}_1x": v for k, v in seconds.items()}, "parallel_10x": ten_s},
