@@ -153,13 +153,18 @@ def train_worker(config: dict) -> None:
 
     start, cpu_start = time.perf_counter(), time.process_time()
     window, totals = Window(), {"sampler_wait_s": 0.0, "report_s": 0.0}
-    prefetch = ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes")
-    pending = prefetch.submit(draw, step) if step < steps else None
+    # Episodes of the shared sampler actors are fetched a step ahead on a thread, which mostly
+    # waits in ray.get: the actors' latency hides behind this step. The in-memory sampler is
+    # CPU work in this process: drawn on a thread it ran beside the step's kernels, and a worker
+    # took 4.0-4.7 ms of CPU per episode instead of 3.0-3.4 (1 worker, digits, 2 cores, A/B in
+    # benchmarks/README.md), so it is drawn in the loop, as the plain loop does.
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes") if pool is not None else None
+    pending = prefetch.submit(draw, step) if prefetch is not None and step < steps else None
     for s in range(step, steps):
         waiting = time.perf_counter()
-        episodes = pending.result()
+        episodes = pending.result() if prefetch is not None else draw(s)
         waited = time.perf_counter() - waiting
-        if s + 1 < steps:  # the next step's episodes are drawn while this step trains
+        if prefetch is not None and s + 1 < steps:  # the next step's episodes come while this step trains
             pending = prefetch.submit(draw, s + 1)
         window.wait += waited
         totals["sampler_wait_s"] += waited
@@ -216,7 +221,8 @@ def train_worker(config: dict) -> None:
             )
         totals["report_s"] += time.perf_counter() - reporting
         window = Window(averager.seconds)
-    prefetch.shutdown()  # the shared pool's actors belong to the driver, which stops them
+    if prefetch is not None:
+        prefetch.shutdown()  # the shared pool's actors belong to the driver, which stops them
 
     totals.update(loop_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start, allreduce_s=averager.seconds,
                   setup_s=start - entered)
