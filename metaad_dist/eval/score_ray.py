@@ -3,7 +3,7 @@
 read_csv / read_parquet (one read task per file, blocks streamed) -> map_batches(_Scorer) on
 score.concurrency actors, each holding the model once (fetched from the object store, not
 re-read from storage), scoring a batch and writing it as one part file under this job's part
-names; the driver gathers the names of the parts written (one small row per batch). The
+names; the driver gathers the names of the parts written (one row per batch). The
 streaming executor keeps a bounded number of blocks in flight, so memory does not grow with the
 input. The caller (score_command.score_command) commits exactly those parts with the marker.
 
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from metaad_dist.data.parallel_read import user_error_behind
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import DataError, UserError
-from metaad_dist.eval.scoring import FLAG_COLUMN, PATH_COLUMN, first_error, read_types, score_table
+from metaad_dist.eval.scoring import PATH_COLUMN, first_error, read_types, score_table
 
 
 class _BatchError(DataError):
@@ -61,7 +61,7 @@ class _PartSink:
 
 class _Scorer:
     """One per actor: the model is fetched once, then every batch is scored with it and written
-    as one part file (`part_prefix` + this actor's id + a counter) into `folder` on `fs`."""
+    as one part file (the sink's prefix + this actor's id + a counter) into the sink's folder."""
 
     def __init__(self, model_ref: list, threshold: float, encoder: Optional[dict], device: str, torch_threads: int,
                  sink: _PartSink):
@@ -82,8 +82,7 @@ class _Scorer:
         self.parts += 1
         with storage_errors(f"{self.sink.uri.rstrip('/')}/{name}", writing=True):
             pq.write_table(scored, posixpath.join(self.sink.folder, name), filesystem=self.sink.fs)
-        flagged = pc.sum(scored.column(FLAG_COLUMN)).as_py() or 0
-        return pa.table({"part": [name], "rows": [scored.num_rows], "flagged": [flagged]})
+        return pa.table({"part": [name]})  # ScoreOutput.commit counts rows and flags from the file
 
     def score(self, batch: pa.Table) -> pa.Table:
         paths = sorted(pc.unique(batch.column(PATH_COLUMN)).to_pylist()) if PATH_COLUMN in batch.column_names else []
