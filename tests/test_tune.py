@@ -125,6 +125,13 @@ def test_parameter_path_that_does_not_exist(capsys):
     assert "tune.space[0].path='meta.nope' is not a config key" in err
 
 
+def test_search_values_of_the_wrong_type_are_one_line_naming_the_entry(capsys):
+    err = _one_line_error(capsys, "tune", "tune.space=[{path: meta.inner_steps, kind: choice, choices: [1, abc]}]")
+    assert "tune.space[0].choices: 'abc' does not fit meta.inner_steps (Value 'abc' of type 'str' could not be " in err
+    err = _one_line_error(capsys, "tune", "tune.space=[{path: meta.inner_steps, kind: uniform, low: 0.5, high: 2.5}]")
+    assert "tune.space[0] (uniform): 0.5 does not fit meta.inner_steps (Value '0.5' of type 'float' could not be " in err
+
+
 def test_each_trial_can_be_a_ray_train_run(ray_local, tmp_path):
     from metaad_dist.cli import compose_config
 

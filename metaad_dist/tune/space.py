@@ -20,8 +20,21 @@ def _exists(cfg, path: str) -> bool:
     return not OmegaConf.is_dict(node)
 
 
+def _check_value(typed, key: str, path: str, value) -> None:
+    """A value the space can draw must fit the schema's type at `path`: trials apply it to a
+    typed config (apply_params), where a mismatch would fail every trial with a traceback."""
+    from omegaconf.errors import ValidationError
+
+    try:
+        OmegaConf.update(typed, path, value, merge=False)
+    except ValidationError as exc:
+        why = str(exc).splitlines()[0]  # e.g. "Value 'abc' of type 'str' could not be converted to Integer"
+        raise ConfigError(f"{key}: {value!r} does not fit {path} ({why})") from None
+
+
 def build_param_space(cfg) -> dict:
     """{dotted key: tune sampler}, plus a grid over the anomaly-shot budgets."""
+    typed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
     space = cfg.tune.space
     if not space:
         raise ConfigError("tune.space is empty; expected at least one {path, kind, ...} entry to sweep")
@@ -39,10 +52,13 @@ def build_param_space(cfg) -> dict:
         if p.kind == "choice":
             if not p.choices:
                 raise ConfigError(f"{key}.choices is empty; a choice needs at least one value")
+            for value in p.choices:
+                _check_value(typed, f"{key}.choices", p.path, value)
             params[p.path] = tune.choice(list(p.choices))
             continue
         if not p.low < p.high or (p.kind == "loguniform" and p.low <= 0):
             raise ConfigError(f"{key}: low={p.low}, high={p.high}; expected 0 < low < high for {p.kind}")
+        _check_value(typed, f"{key} ({p.kind})", p.path, int(p.low) if p.kind == "randint" else float(p.low))
         sampler = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}[p.kind]
         params[p.path] = sampler(int(p.low), int(p.high)) if p.kind == "randint" else sampler(p.low, p.high)
     params[BUDGET_KEY] = tune.grid_search(list(cfg.tune.budgets))
