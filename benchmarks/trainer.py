@@ -17,6 +17,10 @@ loop, which these rows do not time.
   ray2_speedup          = ray2 episodes/s / local episodes/s  (digits; _unsw: UNSW-NB15)
   two_process_ceiling   = summed episodes/s of two plain loops run at once / local episodes/s:
                           what two processes get from this machine at all (local_x2 row)
+  lockstep_speedup      = episodes/s of two plain processes training one model in lockstep over
+                          torch.distributed gloo (the workers' learner, averager and episode
+                          split, no Ray: lockstep2 row; the loop alone, no validation) / local:
+                          what synchronous steps get here, so that ray2_of_lockstep is Ray's share
   ray2_auroc_delta      = held-out AUROC of the ray2 network minus that of local_same_updates
                           (network score, no memory: what the loop trained), per dataset.
                           local_same_updates is the plain loop at 2E episodes per step: the
@@ -162,7 +166,7 @@ def run_local(base: list[str], auroc: bool) -> dict:
     }
 
 
-def _independent_loop(base: list[str], barrier, results) -> None:
+def _independent_loop(base: list[str], rank: int, port: int, barrier, results) -> None:
     """One of two plain loops run side by side (in its own process, one torch thread)."""
     cfg = compose_config(base)
     setup = prepare_training(cfg)
@@ -170,19 +174,53 @@ def _independent_loop(base: list[str], barrier, results) -> None:
     timed_loop(compose_config([*base, "meta.episodes=200", "trainer.validate_every=1000"]), setup)
     barrier.wait()
     seconds, history, _ = timed_loop(cfg, setup)
-    results.put(history[-1]["episode"] / seconds)
+    results.put((rank, {"episodes_per_s": history[-1]["episode"] / seconds}))
 
 
-def run_two_independent(base: list[str]) -> dict:
-    """The ceiling for 2 workers on this machine: two plain loops at once, no communication.
+def _lockstep_loop(base: list[str], rank: int, port: int, barrier, results) -> None:
+    """Rank `rank` of two plain processes training one model over torch.distributed (gloo on
+    127.0.0.1), exactly as two Ray Train workers do (the same MetaLearner, GradientAverager and
+    step_episodes), without Ray: no controller, raylet or reports beside them."""
+    import torch.distributed as dist
 
-    Their summed episodes/s is what two cores give two independent processes here; a 2-worker
-    run can at best match it (its steps also wait for each other twice per step)."""
+    from metaad_dist.meta.learner import MetaLearner, step_episodes
+    from metaad_dist.train.collectives import GradientAverager, resolve_collective
+
+    cfg = compose_config(base)
+    setup = prepare_training(cfg)
+    device = configure_torch(cfg.trainer)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    averager = GradientAverager(resolve_collective(cfg.trainer.grad_collective, "gloo"))
+    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, averager, seed=cfg.seed)
+    per_step = 2 * cfg.meta.episodes_per_step
+
+    def train(steps: int) -> None:
+        for s in range(steps):
+            learner.step_tensors([setup.sampler.episode(i) for i in step_episodes(s, cfg.meta.episodes_per_step, 2, rank)])
+
+    train(-(-200 // per_step))  # warm-up, as the plain loop's 200 episodes
+    barrier.wait()
+    dist.barrier()
+    steps = -(-cfg.meta.episodes // per_step)
+    started, synced = time.perf_counter(), averager.seconds
+    train(steps)
+    seconds = time.perf_counter() - started
+    results.put((rank, {"episodes_per_s": steps * per_step / seconds,
+                        "allreduce_fraction": (averager.seconds - synced) / seconds}))
+    dist.destroy_process_group()
+
+
+def run_pair(target, base: list[str]) -> list[dict]:
+    """`target`'s results from two spawned processes (ranks 0 and 1) started together."""
     import multiprocessing as mp
+    import socket
 
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_independent_loop, args=(base, barrier, results)) for _ in range(2)]
+    procs = [ctx.Process(target=target, args=(base, rank, port, barrier, results)) for rank in range(2)]
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # as in a Ray worker with one CPU; children inherit it
     try:
@@ -193,10 +231,27 @@ def run_two_independent(base: list[str]) -> dict:
             os.environ.pop("OMP_NUM_THREADS")
         else:
             os.environ["OMP_NUM_THREADS"] = previous
-    rates = [results.get(timeout=3600) for _ in procs]
+    out = dict(results.get(timeout=3600) for _ in procs)
     for p in procs:
         p.join()
+    return [out[rank] for rank in range(2)]
+
+
+def run_two_independent(base: list[str]) -> dict:
+    """The ceiling for 2 workers on this machine: two plain loops at once, no communication.
+
+    Their summed episodes/s is what two cores give two independent processes here; a 2-worker
+    run can at best match it (its steps also wait for each other twice per step)."""
+    rates = [r["episodes_per_s"] for r in run_pair(_independent_loop, base)]
     return {"episodes_per_s": sum(rates), "per_process": rates}
+
+
+def run_lockstep(base: list[str]) -> dict:
+    """Two plain processes in lockstep over gloo (`_lockstep_loop`): what synchronous data
+    parallelism itself gets from this machine, Ray's share of the gap to local_x2 taken out."""
+    ranks = run_pair(_lockstep_loop, base)
+    return {"episodes_per_s": ranks[0]["episodes_per_s"],
+            "allreduce_fraction": statistics.mean(r["allreduce_fraction"] for r in ranks)}
 
 
 def run_ray(base: list[str], workers: int, name: str, auroc: bool = False) -> dict:
@@ -315,6 +370,9 @@ def ratios(best: dict, runs: dict) -> dict:
         "two_process_ceiling": best["local_x2"]["episodes_per_s"] / local,
         "ray2_of_ceiling": (ray2 / local) / (best["local_x2"]["episodes_per_s"] / local),
         "ray2_speedup_same_updates": ray2 / best["local_same_updates"]["episodes_per_s"],
+        # Two plain processes in lockstep over gloo, no Ray: the ceiling of synchronous steps here.
+        "lockstep_speedup": best["lockstep2"]["episodes_per_s"] / local,
+        "ray2_of_lockstep": ray2 / best["lockstep2"]["episodes_per_s"],
         "ray2_auroc_delta": runs["ray2"][0]["held_out_auroc"] - same["held_out_auroc"],
         "held_out_auroc": {
             "local": runs["local"][0]["held_out_auroc"],
@@ -329,6 +387,7 @@ def ratios(best: dict, runs: dict) -> dict:
             "ray1_overhead": median["local"] / median["ray1"] - 1,
             "ray2_speedup": median["ray2"] / median["local"],
             "two_process_ceiling": median["local_x2"] / median["local"],
+            "lockstep_speedup": median["lockstep2"] / median["local"],
         },
     }
 
@@ -346,7 +405,9 @@ def print_table(dataset: str, best: dict, summary: dict) -> None:
     print(
         f"ray1_overhead {100 * summary['ray1_overhead']:.1f}%, ray2_speedup {summary['ray2_speedup']:.2f}x over local "
         f"(two independent plain loops reach {summary['two_process_ceiling']:.2f}x: ray2 at "
-        f"{summary['ray2_of_ceiling']:.2f} of it; {summary['ray2_speedup_same_updates']:.2f}x over the plain loop "
+        f"{summary['ray2_of_ceiling']:.2f} of it; two processes in lockstep over gloo without Ray "
+        f"{summary['lockstep_speedup']:.2f}x, ray2 at {summary['ray2_of_lockstep']:.2f} of that; "
+        f"{summary['ray2_speedup_same_updates']:.2f}x over the plain loop "
         f"at 2E per step), ray2_auroc_delta {summary['ray2_auroc_delta']:+.4f} (vs that loop), "
         f"sampler_wait_fraction {100 * summary['sampler_wait_fraction']:.2f}%; median runs: ray2_speedup "
         f"{summary['median']['ray2_speedup']:.2f}x, ceiling {summary['median']['two_process_ceiling']:.2f}x"
@@ -378,7 +439,8 @@ def main() -> int:
     for dataset in args.datasets:
         if dataset != "digits":
             ensure_prepared(dataset, args.data_root)
-    runs = {d: {"local": [], "ray1": [], "ray2": [], "ray2_ray_niceness": [], "local_x2": [], "local_same_updates": []}
+    runs = {d: {"local": [], "ray1": [], "ray2": [], "ray2_ray_niceness": [], "local_x2": [], "lockstep2": [],
+                "local_same_updates": []}
             for d in args.datasets}
     load_before = os.getloadavg()
     phases = None
@@ -399,6 +461,7 @@ def main() -> int:
                     rows["ray2_ray_niceness"].append(run_ray([*base, "trainer.worker_niceness=-1"], 2,
                                                              f"{dataset}-ray2-nice15-{r}"))
                     rows["local_x2"].append(run_two_independent(base))
+                    rows["lockstep2"].append(run_lockstep(base))
                     if r == 0:  # the reference for ray2's held-out AUROC: the same updates, one process
                         same = [*base, f"meta.episodes_per_step={2 * args.episodes_per_step}"]
                         rows["local_same_updates"].append(run_local(same, auroc=True))
@@ -425,6 +488,7 @@ def main() -> int:
         "ray2_auroc_delta": {d: p["ray2_auroc_delta"] for d, p in per_dataset.items()},
         "ray2_speedup_same_updates": {d: p["ray2_speedup_same_updates"] for d, p in per_dataset.items()},
         "ray2_speedup_ray_niceness": {d: p["ray2_speedup_ray_niceness"] for d, p in per_dataset.items()},
+        "lockstep_speedup": {d: p["lockstep_speedup"] for d, p in per_dataset.items()},
     }
     if "unsw_nb15" in per_dataset:
         summary["ray2_speedup_unsw"] = per_dataset["unsw_nb15"]["ray2_speedup"]
