@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -198,10 +199,10 @@ def _lockstep_loop(base: list[str], rank: int, port: int, barrier, results) -> N
         for s in range(steps):
             learner.step_tensors([setup.sampler.episode(i) for i in step_episodes(s, cfg.meta.episodes_per_step, 2, rank)])
 
-    train(-(-200 // per_step))  # warm-up, as the plain loop's 200 episodes
+    train(math.ceil(200 / per_step))  # warm-up, as the plain loop's 200 episodes
     barrier.wait()
     dist.barrier()
-    steps = -(-cfg.meta.episodes // per_step)
+    steps = math.ceil(cfg.meta.episodes / per_step)
     started, synced = time.perf_counter(), averager.seconds
     train(steps)
     seconds = time.perf_counter() - started
