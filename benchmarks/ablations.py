@@ -43,6 +43,7 @@ VARIANTS = [
     ("fixed one-class-led fusion [0,1,1]", ["model.fusion_candidates=[[0,1,1]]"]),
     ("no normal memory (network score alone)", ["model.memory_rows=0"]),
     ("[1,1,1] memory without isolation evidence (kNN only)", ["model.memory_isolation_trees=0", BALANCED]),
+    ("defaults, background logit on the deviation |x| instead of the row x", ["model.background_features=deviation"]),
     ("[1,1,1] linear background on the embedding (METHOD-literal head)",
      ["model.background_hidden=[]", "model.background_reads_input=false", BALANCED]),
     ("[1,1,1] no reconstruction term (lambda_rec=0)", ["meta.lambda_rec=0.0", BALANCED]),

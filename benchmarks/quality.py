@@ -194,10 +194,11 @@ def cache_tag(args) -> str:
     return tag
 
 
-# Settings of the method's normal memory and fusion choice (model.memory_*, model.fusion_*): no
-# baseline reads them (metaad_dist/eval/baselines imports neither), so changing one of them
-# keeps the baselines' cached cells.
-METHOD_ONLY_MODEL_PREFIXES = ("memory_", "fusion_")
+# Settings of the method's normal memory and fusion choice (model.memory_*, model.fusion_*) and
+# what its background logit reads (model.background_features): no baseline reads them
+# (metaad_dist/eval/baselines imports none of the three), so changing one of them keeps the
+# baselines' cached cells.
+METHOD_ONLY_MODEL_PREFIXES = ("memory_", "fusion_", "background_features")
 
 
 def cell_fingerprint(cfg, method: str = METHOD) -> str:

@@ -161,3 +161,37 @@ def test_bad_episodes_per_step_is_one_line(settings, message):
     _, cfg = _sampler(**settings)
     with pytest.raises(ConfigError, match=message):
         MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"))
+
+
+def _head_with_trained_background(features: str):
+    from metaad_dist.model.networks import PrototypeHead
+
+    torch.manual_seed(0)
+    head = PrototypeHead(8, 3, -2.0, [16], background_in_dim=6, background_features=features)
+    torch.nn.init.normal_(head.background[-1].weight)  # as after outer steps (it starts at 0)
+    return head
+
+
+def test_a_deviation_background_scores_a_feature_raised_or_lowered_alike():
+    """background_features=deviation: the background logit reads |x|, so an unseen family moving
+    a feature the other way from the seen ones is not scored below normal rows for it."""
+    x, z = torch.randn(50, 6), torch.randn(50, 8)
+    deviation, row = _head_with_trained_background("deviation"), _head_with_trained_background("row")
+    assert torch.equal(deviation(z, x), deviation(z, -x))
+    assert not torch.allclose(row(z, x)[:, -1], row(z, -x)[:, -1])
+    assert torch.equal(deviation(z, x), row(z, x.abs()))  # same weights: only the input differs
+
+
+def test_a_checkpoint_without_background_features_rebuilds_with_the_row():
+    """Models written before model.background_features have no such argument: the row, as then."""
+    assert MetaADModel(6, 2, background_reads_input=True).head.deviation is False
+    assert MetaADModel(6, 2, background_reads_input=True, background_features="deviation").head.deviation is True
+
+
+def test_the_configured_model_reads_the_row_unless_told_the_deviation(compose):
+    from metaad_dist.train.setup import model_arguments
+
+    default = model_arguments(compose().model, in_dim=6, num_classes=2)
+    deviation = model_arguments(compose("model.background_features=deviation").model, in_dim=6, num_classes=2)
+    assert default["background_features"] == "row" and not MetaADModel(**default).head.deviation
+    assert MetaADModel(**deviation).head.deviation

@@ -129,6 +129,8 @@ def test_tensor_isolation_forest_ranks_exactly_as_scikit_learn():
     ("model.memory_autoencoder_lr=0", "model.memory_autoencoder_lr=0.0; expected a number > 0"),
     ("model.fusion_folds=0", "model.fusion_folds=0; expected an integer >= 1"),
     ("model.fusion_rule=median", "model.fusion_rule='median'; expected one of delong, one_se, best_mean"),
+    ("model.background_features=sign",
+     "model.background_features='sign'; expected one of row, deviation"),
     ("model.memory_calibration_rows=-5", "model.memory_calibration_rows=-5; expected an integer >= 20"),
 ])
 def test_bad_memory_settings_are_one_line_errors(compose, override, message):

@@ -36,6 +36,12 @@ class BoundedTemperature(nn.Module):
         return self.log_t().exp()
 
 
+# What a background logit reading the input row sees (docs/method.md section 3): the scaled row,
+# or its deviation |x| from the training normal rows' centre (0 after either scaler), which does
+# not tell an anomaly that raises a feature from one that lowers it.
+BACKGROUND_FEATURES = ("row", "deviation")
+
+
 class PrototypeHead(nn.Module):
     """Distance-aware head: logits -||z - c_k||^2 for K prototypes plus a background logit.
 
@@ -53,12 +59,16 @@ class PrototypeHead(nn.Module):
         background_init: float,
         background_hidden: Sequence[int] = (),
         background_in_dim: int = 0,
+        background_features: str = "row",
     ):
         super().__init__()
+        if background_features not in BACKGROUND_FEATURES:
+            raise ValueError(f"background_features='{background_features}'; expected one of {BACKGROUND_FEATURES}")
         self.prototypes = nn.Parameter(torch.randn(num_classes, embed_dim))
         # The background logit reads the embedding, or (background_in_dim > 0) the input row
         # itself: features the normal-only encoder had no reason to keep stay visible to it.
         self.reads_input = background_in_dim > 0
+        self.deviation = background_features == "deviation"
         self.background = mlp([background_in_dim or embed_dim, *background_hidden, 1])
         last = self.background[-1]
         nn.init.zeros_(last.weight)
@@ -67,7 +77,7 @@ class PrototypeHead(nn.Module):
     def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.reads_input and x is None:
             raise ValueError("this head's background logit reads the input row: pass x")
-        background = self.background(x if self.reads_input else z)
+        background = self.background((x.abs() if self.deviation else x) if self.reads_input else z)
         return torch.cat([-torch.cdist(z, self.prototypes).pow(2), background], dim=1)
 
 
@@ -89,6 +99,7 @@ class MetaADModel(nn.Module):
         background_init: float = -2.0,
         background_hidden: Sequence[int] = (),
         background_reads_input: bool = False,
+        background_features: str = "row",  # what checkpoints written before the choice existed used
         memory_rows: int = 0,
         memory_k: int = 5,
         calibration_rows: int = 0,
@@ -107,7 +118,8 @@ class MetaADModel(nn.Module):
         self.decoder = mlp([embed_dim, *reversed(hidden_dims), in_dim]) if use_decoder else None
         if head == "prototype":
             self.head = PrototypeHead(
-                embed_dim, num_classes, background_init, background_hidden, in_dim if background_reads_input else 0
+                embed_dim, num_classes, background_init, background_hidden, in_dim if background_reads_input else 0,
+                background_features,
             )
         elif head == "linear":
             self.head = nn.Linear(embed_dim, num_classes)

@@ -18,7 +18,7 @@ from metaad_dist.episodes.sampler import EpisodeSampler
 from metaad_dist.errors import ConfigError
 from metaad_dist.meta.labels import ClassLabeler
 from metaad_dist.model.memory import COMPONENTS
-from metaad_dist.model.networks import MetaADModel
+from metaad_dist.model.networks import BACKGROUND_FEATURES, MetaADModel
 from metaad_dist.model.reconstruction import RECONSTRUCTIONS
 
 # Fewer validation normal rows than this cannot calibrate the fused score's quartiles.
@@ -66,6 +66,9 @@ def check_model_config(cfg: ModelConfig) -> None:
         )
     if cfg.odin_epsilon < 0:
         raise ConfigError(f"model.odin_epsilon={cfg.odin_epsilon}; expected a number >= 0 (0 switches it off)")
+    if cfg.background_features not in BACKGROUND_FEATURES:
+        raise ConfigError(
+            f"model.background_features='{cfg.background_features}'; expected one of {', '.join(BACKGROUND_FEATURES)}")
     if cfg.fusion_rule not in FUSION_RULES:
         raise ConfigError(f"model.fusion_rule='{cfg.fusion_rule}'; expected one of {', '.join(FUSION_RULES)}")
     if cfg.fusion_folds < 1:
@@ -123,6 +126,7 @@ def model_arguments(cfg: ModelConfig, in_dim: int, num_classes: int, memory_rows
         "background_init": cfg.background_init,
         "background_hidden": list(cfg.background_hidden),
         "background_reads_input": cfg.background_reads_input,
+        "background_features": cfg.background_features,
         "memory_rows": memory_rows,
         "memory_k": cfg.memory_k,
         "calibration_rows": calibration_rows,
