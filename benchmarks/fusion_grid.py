@@ -11,9 +11,9 @@ are a report, never an input to a choice: that would be tuning on held-out famil
     python benchmarks/fusion_grid.py --datasets nsl_kdd --seeds 3
     python benchmarks/fusion_grid.py --datasets nsl_kdd --seeds 3 --set model.background_features=deviation
 
-Writes <out>/fusion_grid.json: under ``runs[<label>]`` the cells, the per-candidate means
-(``candidates``) and the picks (``picks``), ``<label>`` being --label (default: the --set
-overrides, or "defaults"); an existing file keeps its other labels. Also prints a table.
+Writes <out>/fusion_grid.json: under ``runs[<label>][<dataset>]`` the cells, the per-candidate
+means (``candidates``) and the picks (``picks``), ``<label>`` being --label (default: the --set
+overrides, or "defaults"); an existing file keeps its other entries. Also prints a table.
 """
 from __future__ import annotations
 
@@ -127,12 +127,13 @@ def main(argv=None) -> int:
     label = args.label or (" ".join(args.set) or "defaults")
     summary = summarise(cells)
     path = Path(args.out) / "fusion_grid.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"benchmark": "fusion_grid", "runs": {}}
-    report["runs"][label] = {
-        "command": "python benchmarks/fusion_grid.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": quality.git_commit(), "minutes": (time.perf_counter() - started) / 60, "budget": args.budget,
-        "seeds": args.seeds, "grid": GRID, "summary": summary, "cells": cells,
-    }
+    report = json.loads(path.read_text()) if path.is_file() else {"benchmark": "fusion_grid", "grid": GRID, "runs": {}}
+    command = "python benchmarks/fusion_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for dataset, entry in summary.items():  # one entry per (label, dataset): other datasets' entries stay
+        report["runs"].setdefault(label, {})[dataset] = {
+            "command": command, "commit": quality.git_commit(), "minutes": (time.perf_counter() - started) / 60,
+            "budget": args.budget, "seeds": args.seeds, **entry, "cells": [c for c in cells if c["dataset"] == dataset],
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     quality.write_json_atomic(path, report)
     for dataset, s in summary.items():
