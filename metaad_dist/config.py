@@ -109,7 +109,7 @@ class ModelConfig:
     # each feature's distance from the training normal rows' centre in scaler units, so an anomaly
     # counts whichever way it moves a feature. Reading x, the outer loop learns the seen families'
     # directions and scores some unseen ones below normal rows; |x| transfers far better as the
-    # network's own score (network alone, NSL-KDD 0.82 -> 0.92 mean AUROC, TEP 0.68 -> 0.77), but the
+    # network's own score (network alone, NSL-KDD 0.77 -> 0.92 mean AUROC, TEP 0.68 -> 0.77), but the
     # fusion choice then takes the network where the one-class fusion scores higher, and the fused
     # NSL-KDD result falls (0.970 -> 0.967 over 5 seeds): not the default (benchmarks/README.md,
     # fusion grid).

@@ -201,7 +201,8 @@ def test_a_memory_or_fusion_setting_changes_the_methods_fingerprint_not_the_base
     from metaad_dist.cli import compose_config
 
     base = compose_config(["data=digits"])
-    changed = compose_config(["data=digits", "model.fusion_fold_episodes=0.5", "model.memory_reconstruction=autoencoder"])
+    changed = compose_config(["data=digits", "model.fusion_fold_episodes=0.5", "model.memory_reconstruction=autoencoder",
+                              "model.background_features=deviation"])
     for method in ("metaad", "oneclass_only"):
         assert quality.cell_fingerprint(base, method) != quality.cell_fingerprint(changed, method)
     for method in ("deep_sad", "inner_only", "oc_ensemble"):
@@ -241,3 +242,25 @@ def test_targets_are_computed_from_the_report_and_partial_entries_decide_nothing
     assert {r["met"] for r in targets.check_targets(overall) if "10 shots" in r["target"]} == {None}
     md = "\n".join(targets.targets_markdown(targets.check_targets(overall)))
     assert "| nsl_kdd | 10 shots: AUROC >= oneclass_only + 0.01 | 0.968 vs 0.968 | not measured | 5 | - |" in md
+
+
+def test_fusion_grid_reenacts_each_rule_from_the_lomo_aurocs_and_reports_the_held_out_pick(quality):
+    """benchmarks/fusion_grid.py: a rule picks from the LOMO AUROCs only; the held-out AUROC of its
+    pick is what gets reported (two hand-made cells: the network-led candidate leads LOMO in one)."""
+    fusion_grid = importlib.import_module("fusion_grid")
+    grid = fusion_grid.GRID
+    led, one_class = fusion_grid.key(grid[0]), fusion_grid.key(grid[1])
+
+    def cell(lomo_led, held_led):
+        lomo = {fusion_grid.key(w): [0.80, 0.80] for w in grid} | {led: lomo_led, one_class: [0.85, 0.85]}
+        held = {fusion_grid.key(w): {"auroc": 0.5, "aupr": 0.1} for w in grid}
+        held |= {led: {"auroc": held_led, "aupr": 0.3}, one_class: {"auroc": 0.9, "aupr": 0.4}}
+        return {"dataset": "d", "held_out": held, "lomo_auroc": lomo}
+
+    cells = [cell([0.95, 0.97], 0.70), cell([0.70, 0.72], 0.99)]
+    summary = fusion_grid.summarise(cells)["d"]
+    picks = summary["picks"]["defaults [1,0.5,0,0] [0,1,1,1] / best_mean"]
+    assert picks["chosen"] == {led: 1, one_class: 1}
+    assert picks["auroc"] == pytest.approx((0.70 + 0.9) / 2)  # led where LOMO says so, however it does held out
+    assert summary["candidates"][led]["auroc"] == pytest.approx((0.70 + 0.99) / 2)
+    assert summary["candidates"][one_class]["lomo_auroc"] == pytest.approx(0.85)
