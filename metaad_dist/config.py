@@ -106,13 +106,8 @@ class ModelConfig:
     background_hidden: list[int] = field(default_factory=lambda: [100, 50])
     background_reads_input: bool = True
     # What a background logit reading the input row sees: row = the scaled row x | deviation = |x|,
-    # each feature's distance from the training normal rows' centre in scaler units, so an anomaly
-    # counts whichever way it moves a feature. Reading x, the outer loop learns the seen families'
-    # directions and scores some unseen ones below normal rows; |x| transfers far better as the
-    # network's own score (network alone, NSL-KDD 0.77 -> 0.92 mean AUROC, TEP 0.68 -> 0.77), but the
-    # fusion choice then takes the network where the one-class fusion scores higher, and the fused
-    # NSL-KDD result falls (0.970 -> 0.967 over 5 seeds): not the default (benchmarks/README.md,
-    # fusion grid).
+    # each feature's distance from the training normal centre. Why deviation exists and why it is
+    # not the default: docs/method.md section 3, benchmarks/README.md (fusion grid).
     background_features: str = "row"
     # K for a single normal family: k-means pseudo-classes of the training normal rows.
     pseudo_classes: int = 16
