@@ -108,8 +108,24 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=str(quality.REPO / "prepared"))
     p.add_argument("--out", default=str(quality.REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
-    from metaad_dist.cli import compose_config
+    from metaad_dist.errors import UserError
 
+    try:
+        return run(args, argv)
+    except UserError as exc:  # a bad --datasets or --set: one line, not a traceback
+        print(f"fusion_grid: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args, argv) -> int:
+    from metaad_dist.cli import compose_config
+    from metaad_dist.errors import ConfigError
+
+    known = quality.DATASETS + quality.BUILTIN_DATASETS
+    for dataset in args.datasets:  # every setting checked before any cell trains
+        if dataset not in known:
+            raise ConfigError(f"--datasets {dataset}: expected one of {', '.join(known)}")
+        compose_config(quality.dataset_overrides(dataset, args.data_root) + list(args.set))
     tasks = []
     for dataset in args.datasets:
         quality.ensure_prepared(dataset, args.data_root)

@@ -201,6 +201,9 @@ def cache_tag(args) -> str:
 METHOD_ONLY_MODEL_PREFIXES = ("memory_", "fusion_", "background_features")
 
 
+IMPLICIT_MODEL_SETTINGS = {"background_features": "row"}
+
+
 def cell_fingerprint(cfg, method: str = METHOD) -> str:
     """The cell's resolved config (defaults from configs/ included), so that a cached cell is
     reused only while `method` would be trained the same way; the dataset's location is left out
@@ -208,6 +211,11 @@ def cell_fingerprint(cfg, method: str = METHOD) -> str:
     settings = OmegaConf.to_container(cfg, resolve=True)
     settings.pop("quiet", None)
     settings["data"].pop("path", None)
+    # Settings added later at the value every earlier cell was trained with: left out, so the
+    # cells computed before they existed still match.
+    for key, earlier in IMPLICIT_MODEL_SETTINGS.items():
+        if settings["model"].get(key) == earlier:
+            settings["model"].pop(key)
     if method != METHOD and method not in DERIVED:
         settings["model"] = {k: v for k, v in settings["model"].items() if not k.startswith(METHOD_ONLY_MODEL_PREFIXES)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

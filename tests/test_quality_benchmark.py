@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -205,6 +206,11 @@ def test_a_memory_or_fusion_setting_changes_the_methods_fingerprint_not_the_base
                               "model.background_features=deviation"])
     for method in ("metaad", "oneclass_only"):
         assert quality.cell_fingerprint(base, method) != quality.cell_fingerprint(changed, method)
+        # a cell computed before model.background_features existed (its value then: row) still matches
+        earlier = compose_config(["data=digits"])
+        with open_dict(earlier.model):
+            del earlier.model["background_features"]
+        assert quality.cell_fingerprint(earlier, method) == quality.cell_fingerprint(base, method)
     for method in ("deep_sad", "inner_only", "oc_ensemble"):
         assert quality.cell_fingerprint(base, method) == quality.cell_fingerprint(changed, method)
         other = compose_config(["data=digits", "model.hidden_dims=[16]"])  # what baselines do read still counts
@@ -264,3 +270,15 @@ def test_fusion_grid_reenacts_each_rule_from_the_lomo_aurocs_and_reports_the_hel
     assert picks["auroc"] == pytest.approx((0.70 + 0.9) / 2)  # led where LOMO says so, however it does held out
     assert summary["candidates"][led]["auroc"] == pytest.approx((0.70 + 0.99) / 2)
     assert summary["candidates"][one_class]["lomo_auroc"] == pytest.approx(0.85)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--datasets", "kdd99"], "fusion_grid: error: --datasets kdd99: expected one of unsw_nb15, nsl_kdd, tep, digits"),
+    (["--datasets", "digits", "--set", "model.no_such_key=1"], "fusion_grid: error: "),
+])
+def test_fusion_grid_user_mistakes_are_one_line_errors(quality, tmp_path, capsys, argv, message):
+    fusion_grid = importlib.import_module("fusion_grid")
+    assert fusion_grid.main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "fusion_grid.json").exists()
