@@ -194,14 +194,16 @@ def cache_tag(args) -> str:
     return tag
 
 
-# Settings of the method's normal memory and fusion choice (model.memory_*, model.fusion_*) and
-# what its background logit reads (model.background_features): no baseline reads them
-# (metaad_dist/eval/baselines imports none of the three), so changing one of them keeps the
+# Settings of the method's normal memory and fusion choice (model.memory_*, model.fusion_*), what
+# its background logit reads (model.background_features) and the order of its two updates
+# (meta.update_order; inner_only, without an outer step, trains the same either way): no baseline
+# reads them (metaad_dist/eval/baselines imports none of them), so changing one of them keeps the
 # baselines' cached cells.
-METHOD_ONLY_MODEL_PREFIXES = ("memory_", "fusion_", "background_features")
+METHOD_ONLY_SETTINGS = {"model": ("memory_", "fusion_", "background_features"), "meta": ("update_order",)}
 
 
-IMPLICIT_MODEL_SETTINGS = {"background_features": "row"}
+# Settings added later, at the value every earlier cell was trained with.
+IMPLICIT_SETTINGS = {("model", "background_features"): "row", ("meta", "update_order"): "sequential"}
 
 
 def cell_fingerprint(cfg, method: str = METHOD) -> str:
@@ -211,13 +213,13 @@ def cell_fingerprint(cfg, method: str = METHOD) -> str:
     settings = OmegaConf.to_container(cfg, resolve=True)
     settings.pop("quiet", None)
     settings["data"].pop("path", None)
-    # Settings added later at the value every earlier cell was trained with: left out, so the
-    # cells computed before they existed still match.
-    for key, earlier in IMPLICIT_MODEL_SETTINGS.items():
-        if settings["model"].get(key) == earlier:
-            settings["model"].pop(key)
+    # Left out at their earlier value, so the cells computed before they existed still match.
+    for (section, key), earlier in IMPLICIT_SETTINGS.items():
+        if settings[section].get(key) == earlier:
+            settings[section].pop(key)
     if method != METHOD and method not in DERIVED:
-        settings["model"] = {k: v for k, v in settings["model"].items() if not k.startswith(METHOD_ONLY_MODEL_PREFIXES)}
+        for section, prefixes in METHOD_ONLY_SETTINGS.items():
+            settings[section] = {k: v for k, v in settings[section].items() if not k.startswith(prefixes)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

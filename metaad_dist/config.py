@@ -199,9 +199,10 @@ class MetaConfig:
         default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.0)
     )
     warmup_episodes: int = 0  # inner loop only for the first episodes
-    # Episodes per optimizer step (per Ray Train worker): their rows are stacked into one batch and
-    # each level steps on the mean of their losses; W workers x E equal one process with W*E.
+    # Per optimizer step (per Ray Train worker), stacked in one batch: W workers x E = one process with W*E.
     episodes_per_step: int = 1
+    # sequential: outer gradient after the inner step; simultaneous: both at the step's start (one collective)
+    update_order: str = "sequential"
     # Options of docs/method.md section 5 (meta/pcgrad.py, meta/curriculum.py); off until an
     # ablation (benchmarks/ablations.py) shows they raise held-out AUROC.
     pcgrad: bool = False  # drop the part of each family's outer gradient that fights the inner one
@@ -392,9 +393,8 @@ SCHEMA_NAME = "metaad_schema"
 
 
 def plain(section):
-    """A config section as its plain dataclass (e.g. MetaConfig), for code that reads it per
-    step: an attribute of an OmegaConf node costs ~17 us (its validation and interpolation
-    machinery), about 7% of a CPU episode step across the ~25 reads a step makes."""
+    """A config section as its plain dataclass (e.g. MetaConfig), for code that reads it per step:
+    an OmegaConf attribute costs ~17 us, about 7% of a CPU episode step across its ~25 reads."""
     from omegaconf import DictConfig, OmegaConf
 
     return OmegaConf.to_object(section) if isinstance(section, DictConfig) else section

@@ -150,7 +150,72 @@ def test_step_episodes_cover_the_same_episodes_whatever_the_split():
     assert list(step_episodes(1, 3, world=2, rank=1)) == [7, 9, 11]  # every 2nd: the sampler's stride
 
 
+def test_simultaneous_order_takes_both_levels_gradients_at_the_steps_start_in_one_sync():
+    """update_order=simultaneous == each level's optimizer step on its own loss's gradient, both
+    taken at the parameters the step started from, with one grad_sync call for both."""
+    import copy
+
+    from metaad_dist.meta.losses import inner_loss
+
+    sampler, cfg = _sampler(episodes_per_step=2, lambda_m=1.0, update_order="simultaneous")
+    episodes = [sampler.episode(e) for e in range(2)]
+    torch.manual_seed(0)
+    synced = []
+    learner = MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"),
+                          grad_sync=lambda grads: synced.append(len(grads)))
+    start = copy.deepcopy(learner.model)
+    reference = MetaLearner(copy.deepcopy(start), cfg, torch.device("cpu"))
+    learner.step(episodes)
+    assert synced == [len(learner.inner_params) + len(learner.outer_params)]
+
+    model, t = reference.model, torch.as_tensor
+    model.train()
+
+    def stack(key):
+        return t(np.concatenate([getattr(e, key) for e in episodes]))
+
+    inner = inner_loss(model, stack("support_x"), stack("support_y"), cfg)[0]
+    with torch.no_grad():
+        zq, zs = model.encoder(stack("query_x")), model.encoder(stack("shots_x"))
+    outer = outer_loss(model, zq, stack("query_y"), zs, cfg, stack("query_x"), stack("shots_x"), episodes=2)[0]
+    inner_grads = torch.autograd.grad(inner, reference.inner_params, allow_unused=True)
+    outer_grads = torch.autograd.grad(outer, reference.outer_params, allow_unused=True)
+    for params, grads, opt in ((reference.inner_params, inner_grads, reference.inner_opt),
+                               (reference.outer_params, outer_grads, reference.outer_opt)):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+    for a, b in zip(learner.model.parameters(), reference.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # ... and it is not the sequential order, whose outer step sees the updated encoder (compared
+    # after a second step: Adam's first step is the sign of the gradient in both)
+    sequential = MetaLearner(copy.deepcopy(start), _sampler(episodes_per_step=2, lambda_m=1.0)[1], torch.device("cpu"))
+    sequential.step(episodes)
+    more = [sampler.episode(e) for e in range(2, 4)]
+    sequential.step(more)
+    learner.step(more)
+    assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(sequential.model.parameters(), learner.model.parameters()))
+
+
+def test_simultaneous_order_without_the_outer_loop_is_the_inner_step():
+    import copy
+
+    sampler, cfg = _sampler(outer_steps=0)
+    episode = sampler.episode(0)
+    torch.manual_seed(0)
+    sequential = MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"))
+    simultaneous = MetaLearner(copy.deepcopy(sequential.model), _sampler(outer_steps=0, update_order="simultaneous")[1],
+                               torch.device("cpu"))
+    for learner in (sequential, simultaneous):
+        learner.step(episode)
+    for a, b in zip(sequential.model.parameters(), simultaneous.model.parameters()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("settings, message", [
+    ({"update_order": "parallel"}, r"^meta.update_order='parallel'; expected one of sequential, simultaneous$"),
+    ({"update_order": "simultaneous", "inner_steps": 2}, r"^meta.update_order=simultaneous with meta.inner_steps=2, "),
+    ({"update_order": "simultaneous", "pcgrad": True}, r"^meta.update_order=simultaneous with meta.pcgrad=true"),
     ({"episodes_per_step": 0}, r"^meta.episodes_per_step=0; expected an integer >= 1$"),
     ({"episodes_per_step": 2, "pcgrad": True}, r"^meta.episodes_per_step=2 with meta.pcgrad=true"),
     ({"episodes_per_step": 2, "curriculum_families": 1}, r"^meta.episodes_per_step=2 with meta.curriculum_families=1"),

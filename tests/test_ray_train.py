@@ -178,6 +178,21 @@ def test_two_workers_train_the_fusion_folds_in_parallel_as_one_process_would(ray
     assert one.trained.model.memory.choice.families == ["5", "6", "7", "8"]  # four folds really chosen from
 
 
+def test_simultaneous_order_under_two_workers_equals_one_process(ray_local, compose, tmp_path):
+    """meta.update_order=simultaneous averages both levels' gradients in one collective per step:
+    W=2 workers x E=2 episodes end where one process stepping on 4 episodes ends."""
+    order = ["meta.update_order=simultaneous", "meta.inner_steps=1", "meta.outer_steps=1", "meta.episodes_per_step=2",
+             "model.fusion_candidates=[[1,1,1]]"]  # one candidate: no fusion retraining (not under test)
+    cfg = compose(*SMALL, *order, f"storage.root={tmp_path}", "run=simultaneous")
+    history = train_ray(cfg).metrics["history"]
+    assert all(h["param_spread"] == 0.0 for h in history)
+    from metaad_dist.train.local import train_local
+
+    local = [o for o in SMALL if not o.startswith("trainer=")]
+    one = train_local(compose(*local, *order, "meta.episodes_per_step=4"), log=lambda _: None)
+    assert max_difference(trained_state(cfg), one.trained.model.state_dict()) < TOLERANCE
+
+
 def test_killed_worker_resumes_from_s3_checkpoint(uninterrupted, compose, s3, monkeypatch, tmp_path):
     """A worker dies after 6 episodes; Ray restarts the group, which resumes from episode 4 on S3."""
     _, expected = uninterrupted
@@ -434,6 +449,7 @@ def test_unreachable_storage(compose, monkeypatch):
     ("trainer.num_workers=0", "trainer.num_workers=0; expected at least 1"),
     ("trainer.device=cuda:1", "trainer.device='cuda:1'; with trainer=ray"),
     ("trainer.worker_niceness=20", "trainer.worker_niceness=20; expected 0-19"),
+    ("meta.update_order=both", "meta.update_order='both'; expected one of sequential, simultaneous"),
 ])
 def test_bad_trainer_settings(compose, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -451,7 +467,7 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
     out = {c: sum_over_workers(flat, c) for c in ("all_reduce", "all_gather")}
     param = torch.nn.Parameter(torch.zeros(2, 3))
     param.grad = torch.full((2, 3), float(rank + 1))
-    GradientAverager("all_gather")([param])
+    GradientAverager("all_gather")([param.grad])
     # Plain lists, not tensors: a queued tensor travels as a shared-memory handle that the parent
     # can only open while this process is still alive, and it may already have exited.
     results.put((rank, out["all_reduce"].tolist(), out["all_gather"].tolist(), param.grad.tolist()))

@@ -18,10 +18,12 @@ terms are that mean already; the margin term is taken per episode). Its gradient
 of the per-episode gradients, which is what makes W workers x E episodes per step equal one
 process stepping on the same W x E episodes.
 
-`grad_sync` is called between backward and step; Ray Train workers pass an all-reduce that
-averages gradients so every worker keeps identical parameters. `stat_sync` averages a tensor of
-statistics the same way (the curriculum's margins), so workers also keep identical curricula.
-One process passes neither.
+`grad_sync` is called between backward and step with the gradient tensors to average in place;
+Ray Train workers pass an all-reduce so every worker keeps identical parameters. With
+`meta.update_order=simultaneous` both levels' gradients are taken at the step's starting
+parameters and averaged in one collective instead of two (docs/method.md section 5).
+`stat_sync` averages a tensor of statistics the same way (the curriculum's margins), so workers
+also keep identical curricula. One process passes neither.
 """
 from __future__ import annotations
 
@@ -40,8 +42,23 @@ from metaad_dist.meta.optim import make_optimizer
 from metaad_dist.meta.pcgrad import assign_flat_grad, flat_grad, project_conflicting
 from metaad_dist.model.networks import MetaADModel
 
-GradSync = Callable[[list[torch.nn.Parameter]], None]
+GradSync = Callable[[list[torch.Tensor]], None]
+UPDATE_ORDERS = ("sequential", "simultaneous")
 StatSync = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_update_order(cfg: MetaConfig) -> None:
+    """`simultaneous` takes one gradient of each level at the same parameters: one step of each."""
+    order = cfg.update_order
+    if order not in UPDATE_ORDERS:
+        raise ConfigError(f"meta.update_order='{order}'; expected one of {', '.join(UPDATE_ORDERS)}")
+    if order == "simultaneous" and (cfg.inner_steps != 1 or cfg.outer_steps > 1):
+        raise ConfigError(
+            f"meta.update_order=simultaneous with meta.inner_steps={cfg.inner_steps}, "
+            f"meta.outer_steps={cfg.outer_steps}; it takes one step of each level: use 1 and 1 (or 0 outer)"
+        )
+    if order == "simultaneous" and cfg.pcgrad:
+        raise ConfigError("meta.update_order=simultaneous with meta.pcgrad=true; PCGrad needs the sequential order")
 
 
 def check_episodes_per_step(cfg: MetaConfig) -> None:
@@ -96,6 +113,7 @@ class MetaLearner:
         stat_sync: Optional[StatSync] = None,
     ):
         check_episodes_per_step(cfg)
+        check_update_order(cfg)
         self.model = model.to(device)
         self.cfg = plain(cfg)
         self.device = device
@@ -126,9 +144,9 @@ class MetaLearner:
         loss.backward()
         self._step(params, opt, clip)
 
-    def _step(self, params: list, opt: torch.optim.Optimizer, clip: float) -> None:
-        if self.grad_sync is not None:
-            self.grad_sync(params)
+    def _step(self, params: list, opt: torch.optim.Optimizer, clip: float, synced: bool = False) -> None:
+        if self.grad_sync is not None and not synced:
+            self.grad_sync([p.grad for p in params if p.grad is not None])
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
@@ -137,6 +155,13 @@ class MetaLearner:
         loss, metrics = inner_loss(self.model, x, y, self.cfg)
         self._apply(loss, self.inner_params, self.inner_opt, self.cfg.inner_optimizer.grad_clip)
         return metrics
+
+    def _outer_inputs(self, query_x: torch.Tensor, shots_x: torch.Tensor) -> tuple:
+        """The outer loop's rows after ODIN (identity at eps 0) and their features, with the
+        encoder frozen: the first-order cut."""
+        query_x, shots_x = self.model.perturb(query_x), self.model.perturb(shots_x)
+        with torch.no_grad():
+            return query_x, shots_x, self.model.encoder(query_x), self.model.encoder(shots_x)
 
     def outer_step(
         self,
@@ -150,9 +175,7 @@ class MetaLearner:
         """One update of head and temperature; with `meta.pcgrad`, per family with gradient surgery
         against the inner loss on `support` (which it then needs, with `shots_family`).
         `episodes`: how many equal-sized episodes the rows stack (the margin is per episode)."""
-        query_x, shots_x = self.model.perturb(query_x), self.model.perturb(shots_x)  # ODIN (identity at eps 0)
-        with torch.no_grad():  # encoder frozen: the first-order cut
-            z_query, z_shots = self.model.encoder(query_x), self.model.encoder(shots_x)
+        query_x, shots_x, z_query, z_shots = self._outer_inputs(query_x, shots_x)
         clip = self.cfg.outer_optimizer.grad_clip
         if not self.cfg.pcgrad:
             loss, metrics = outer_loss(
@@ -177,6 +200,34 @@ class MetaLearner:
         self._step(self.outer_params, self.outer_opt, clip)
         # per-family metrics averaged; pcgrad_conflicts is the share of families projected
         return {k: torch.stack([m[k] for m in per_family]).mean() for k in per_family[0]}
+
+    def simultaneous_step(self, support: tuple, outer_rows: Optional[tuple], episodes: int) -> dict:
+        """Both levels' gradients at the same (the step's starting) parameters, averaged over
+        workers in one collective, then the inner and the outer optimizer step. The sequential
+        order's outer gradient sees the encoder after this step's inner update; here it sees the
+        encoder before it, one inner step (lr 1e-3) behind. A worker waits for the others once
+        per step instead of twice (benchmarks/README.md, trainer.py)."""
+        self.model.zero_grad(set_to_none=True)
+        loss, metrics = inner_loss(self.model, *support, self.cfg)
+        grads = {"inner": torch.autograd.grad(loss, self.inner_params, allow_unused=True)}
+        if outer_rows is not None:
+            query_x, query_y, shots_x = outer_rows
+            query_x, shots_x, z_query, z_shots = self._outer_inputs(query_x, shots_x)
+            loss, outer_metrics = outer_loss(
+                self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x, episodes=episodes
+            )
+            metrics.update(outer_metrics)
+            grads["outer"] = torch.autograd.grad(loss, self.outer_params, allow_unused=True)
+        if self.grad_sync is not None:
+            self.grad_sync([g for level in grads.values() for g in level if g is not None])
+        levels = {"inner": (self.inner_params, self.inner_opt, self.cfg.inner_optimizer.grad_clip),
+                  "outer": (self.outer_params, self.outer_opt, self.cfg.outer_optimizer.grad_clip)}
+        for level, level_grads in grads.items():
+            params, opt, clip = levels[level]
+            for p, g in zip(params, level_grads):
+                p.grad = g
+            self._step(params, opt, clip, synced=True)
+        return metrics
 
     @torch.no_grad()
     def family_margins(self, query_x: torch.Tensor, shots_x: torch.Tensor, shots_family: torch.Tensor) -> torch.Tensor:
@@ -212,18 +263,26 @@ class MetaLearner:
         n = len(episodes)
         self.model.train()
         sx, sy = self._tensor(stacked(episodes, "support_x")), self._tensor(stacked(episodes, "support_y"), torch.long)
+        if self.cfg.update_order == "simultaneous":
+            outer_rows = self._outer_rows(episodes)[:3] if outer and self.cfg.outer_steps > 0 else None
+            return self.simultaneous_step((sx, sy), outer_rows, n)
         metrics: dict = {}
         for _ in range(self.cfg.inner_steps):
             metrics.update(self.inner_step(sx, sy))
         if outer and self.cfg.outer_steps > 0:
-            qx, qy = self._tensor(stacked(episodes, "query_x")), self._tensor(stacked(episodes, "query_y"), torch.long)
-            shots = self._tensor(stacked(episodes, "shots_x"))
-            family = self._tensor(stacked(episodes, "shots_family"), torch.long)
-            if self.curriculum is not None:  # one episode per step (check_episodes_per_step)
-                shots, family = self.curriculum_rows(episodes[0], qx, shots, family)
+            qx, qy, shots, family = self._outer_rows(episodes)
             for _ in range(self.cfg.outer_steps):
                 metrics.update(self.outer_step(qx, qy, shots, family, (sx, sy), episodes=n))
         return metrics
+
+    def _outer_rows(self, episodes: list[Episode]) -> tuple:
+        """Query rows, their labels, the shots (the curriculum's pick) and each shot's family."""
+        qx, qy = self._tensor(stacked(episodes, "query_x")), self._tensor(stacked(episodes, "query_y"), torch.long)
+        shots = self._tensor(stacked(episodes, "shots_x"))
+        family = self._tensor(stacked(episodes, "shots_family"), torch.long)
+        if self.curriculum is not None:  # one episode per step (check_episodes_per_step)
+            shots, family = self.curriculum_rows(episodes[0], qx, shots, family)
+        return qx, qy, shots, family
 
     def state_dict(self) -> dict:
         state = {

@@ -40,21 +40,21 @@ def sum_over_workers(flat: torch.Tensor, collective: str = "all_reduce") -> torc
 
 
 class GradientAverager:
-    """`grad_sync` for MetaLearner: sum one level's gradients over workers, divide by the world size.
+    """`grad_sync` for MetaLearner: sum gradients over workers, divide by the world size, in place.
 
-    One flat buffer per call (a single collective instead of one per tensor). Parameters
-    without a gradient (unused by this level's loss) have none on every worker, since all
-    workers run the same code path, and stay None so the optimizer skips them. `seconds`
-    accumulates the time spent here: waiting for the slowest worker plus the transfer.
+    One flat buffer per call (a single collective instead of one per tensor): one level's
+    gradients, or both levels' with `meta.update_order=simultaneous`. A parameter a loss does
+    not use has no gradient on every worker, since all workers run the same code path, so the
+    tensors line up. `seconds` accumulates the time spent here: waiting for the slowest worker
+    plus the transfer.
     """
 
     def __init__(self, collective: str = "all_reduce"):
         self.collective = collective
         self.seconds = 0.0
 
-    def __call__(self, params: list[torch.nn.Parameter]) -> None:
+    def __call__(self, grads: list[torch.Tensor]) -> None:
         started = time.perf_counter()
-        grads = [p.grad for p in params if p.grad is not None]
         if grads:
             flat = sum_over_workers(torch.cat([g.reshape(-1) for g in grads]), self.collective)
             flat /= dist.get_world_size()
