@@ -24,7 +24,7 @@ BALANCED = "model.fusion_candidates=[[1,1,1]]"
 # The defaults before the reconstruction evidence and the delong fusion rule: the section 5
 # options were measured on top of them.
 PREVIOUS = ["model.memory_reconstruction=none", "model.fusion_candidates=[[1,1,1],[1,0.5,0],[0,1,1]]",
-            "model.fusion_rule=best_mean"]
+            "model.fusion_rule=best_mean", "meta.update_order=sequential"]
 
 # The reconstruction evidence the ablations were measured with (the autoencoder, before pca became
 # the default) and today's fusion candidates, spelled out.
@@ -44,6 +44,7 @@ VARIANTS = [
     ("no normal memory (network score alone)", ["model.memory_rows=0"]),
     ("[1,1,1] memory without isolation evidence (kNN only)", ["model.memory_isolation_trees=0", BALANCED]),
     ("defaults, background logit on the deviation |x| instead of the row x", ["model.background_features=deviation"]),
+    ("defaults, sequential update order (the outer gradient after the inner update)", ["meta.update_order=sequential"]),
     ("[1,1,1] linear background on the embedding (METHOD-literal head)",
      ["model.background_hidden=[]", "model.background_reads_input=false", BALANCED]),
     ("[1,1,1] no reconstruction term (lambda_rec=0)", ["meta.lambda_rec=0.0", BALANCED]),

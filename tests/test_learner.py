@@ -50,15 +50,6 @@ def test_inner_step_keeps_head_fixed_when_configured():
     assert not torch.equal(enc, model.encoder[0].weight)
 
 
-def test_grad_sync_sees_each_levels_parameters():
-    ep, cfg = _episode()
-    seen = []
-    model = MetaADModel(6, 2, hidden_dims=[16], embed_dim=8)
-    learner = MetaLearner(model, cfg, torch.device("cpu"), grad_sync=lambda params: seen.append(len(params)))
-    learner.step(ep)
-    assert seen == [len(learner.inner_params), len(learner.outer_params)]
-
-
 def test_resume_continues_the_dropout_stream_exactly():
     """4 episodes straight == 2 episodes, checkpoint, fresh process state, 2 more (dropout on)."""
     rng = np.random.default_rng(0)
@@ -101,7 +92,7 @@ def test_a_batch_of_episodes_steps_on_the_mean_of_their_gradients():
 
     from metaad_dist.meta.losses import inner_loss
 
-    sampler, cfg = _sampler(episodes_per_step=3, lambda_m=1.0)
+    sampler, cfg = _sampler(episodes_per_step=3, lambda_m=1.0, update_order="sequential")
     episodes = [sampler.episode(e) for e in range(3)]
     torch.manual_seed(0)
     batched = MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"))
@@ -189,7 +180,8 @@ def test_simultaneous_order_takes_both_levels_gradients_at_the_steps_start_in_on
         assert torch.allclose(a, b, atol=1e-6)
     # ... and it is not the sequential order, whose outer step sees the updated encoder (compared
     # after a second step: Adam's first step is the sign of the gradient in both)
-    sequential = MetaLearner(copy.deepcopy(start), _sampler(episodes_per_step=2, lambda_m=1.0)[1], torch.device("cpu"))
+    sequential = MetaLearner(copy.deepcopy(start), _sampler(episodes_per_step=2, lambda_m=1.0, update_order="sequential")[1],
+                             torch.device("cpu"))
     sequential.step(episodes)
     more = [sampler.episode(e) for e in range(2, 4)]
     sequential.step(more)
@@ -197,10 +189,23 @@ def test_simultaneous_order_takes_both_levels_gradients_at_the_steps_start_in_on
     assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(sequential.model.parameters(), learner.model.parameters()))
 
 
+@pytest.mark.parametrize("order, syncs", [("sequential", 4), ("simultaneous", 3)])
+def test_simultaneous_order_shares_one_sync_between_the_last_inner_and_the_first_outer_update(order, syncs):
+    """Two inner and two outer updates: sequential averages each level's gradients per update (4
+    collectives); simultaneous joins the second inner and the first outer update (3)."""
+    sampler, cfg = _sampler(inner_steps=2, outer_steps=2, update_order=order)
+    levels = []
+    learner = MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"), grad_sync=lambda grads: levels.append(len(grads)))
+    learner.step(sampler.episode(0))
+    inner, outer = len(learner.inner_params), len(learner.outer_params)
+    expected = [inner, inner, outer, outer] if order == "sequential" else [inner, inner + outer, outer]
+    assert len(levels) == syncs and levels == expected
+
+
 def test_simultaneous_order_without_the_outer_loop_is_the_inner_step():
     import copy
 
-    sampler, cfg = _sampler(outer_steps=0)
+    sampler, cfg = _sampler(outer_steps=0, update_order="sequential")
     episode = sampler.episode(0)
     torch.manual_seed(0)
     sequential = MetaLearner(MetaADModel(6, 3, (16,), 8), cfg, torch.device("cpu"))
@@ -214,8 +219,7 @@ def test_simultaneous_order_without_the_outer_loop_is_the_inner_step():
 
 @pytest.mark.parametrize("settings, message", [
     ({"update_order": "parallel"}, r"^meta.update_order='parallel'; expected one of sequential, simultaneous$"),
-    ({"update_order": "simultaneous", "inner_steps": 2}, r"^meta.update_order=simultaneous with meta.inner_steps=2, "),
-    ({"update_order": "simultaneous", "pcgrad": True}, r"^meta.update_order=simultaneous with meta.pcgrad=true"),
+    ({"update_order": "simultaneous", "pcgrad": True}, r"^meta.pcgrad=true needs meta.update_order=sequential "),
     ({"episodes_per_step": 0}, r"^meta.episodes_per_step=0; expected an integer >= 1$"),
     ({"episodes_per_step": 2, "pcgrad": True}, r"^meta.episodes_per_step=2 with meta.pcgrad=true"),
     ({"episodes_per_step": 2, "curriculum_families": 1}, r"^meta.episodes_per_step=2 with meta.curriculum_families=1"),

@@ -203,18 +203,18 @@ def test_a_memory_or_fusion_setting_changes_the_methods_fingerprint_not_the_base
 
     base = compose_config(["data=digits"])
     changed = compose_config(["data=digits", "model.fusion_fold_episodes=0.5", "model.memory_reconstruction=autoencoder",
-                              "model.background_features=deviation", "meta.update_order=simultaneous"])
+                              "model.background_features=deviation", "meta.update_order=sequential"])
     for method in ("metaad", "oneclass_only"):
         assert quality.cell_fingerprint(base, method) != quality.cell_fingerprint(changed, method)
-        # a cell computed before model.background_features and meta.update_order existed (their
-        # values then: row, sequential) still matches
+        # a cell computed before model.background_features and meta.update_order existed matches
+        # their values then (row, sequential), not today's default order
         earlier = compose_config(["data=digits"])
         with open_dict(earlier.model), open_dict(earlier.meta):
             del earlier.model["background_features"]
             del earlier.meta["update_order"]
-        assert quality.cell_fingerprint(earlier, method) == quality.cell_fingerprint(base, method)
-        order = compose_config(["data=digits", "meta.update_order=simultaneous"])
-        assert quality.cell_fingerprint(order, method) != quality.cell_fingerprint(base, method)
+        then = compose_config(["data=digits", "meta.update_order=sequential"])
+        assert quality.cell_fingerprint(earlier, method) == quality.cell_fingerprint(then, method)
+        assert quality.cell_fingerprint(then, method) != quality.cell_fingerprint(base, method)
     for method in ("deep_sad", "inner_only", "oc_ensemble"):
         assert quality.cell_fingerprint(base, method) == quality.cell_fingerprint(changed, method)
         other = compose_config(["data=digits", "model.hidden_dims=[16]"])  # what baselines do read still counts

@@ -34,7 +34,8 @@ from metaad_dist.train.setup import configure_torch, prepare_training
 WORKERS = 2
 EPISODES = 12
 # Small and quick, but with two inner and two outer steps per episode, a warm-up without the
-# outer loop and gradient clipping, so every part of the averaged update is exercised.
+# outer loop and gradient clipping, so every part of the averaged update is exercised; in the
+# sequential order, which averaged_reference re-enacts (the simultaneous one has its own test).
 SMALL = [
     "data=digits",
     "trainer=ray",
@@ -44,6 +45,7 @@ SMALL = [
     "meta.n_query=64",
     "meta.inner_steps=2",
     "meta.outer_steps=2",
+    "meta.update_order=sequential",
     "meta.warmup_episodes=2",
     "meta.inner_optimizer.grad_clip=5.0",
     "model.hidden_dims=[32]",
@@ -179,9 +181,10 @@ def test_two_workers_train_the_fusion_folds_in_parallel_as_one_process_would(ray
 
 
 def test_simultaneous_order_under_two_workers_equals_one_process(ray_local, compose, tmp_path):
-    """meta.update_order=simultaneous averages both levels' gradients in one collective per step:
-    W=2 workers x E=2 episodes end where one process stepping on 4 episodes ends."""
-    order = ["meta.update_order=simultaneous", "meta.inner_steps=1", "meta.outer_steps=1", "meta.episodes_per_step=2",
+    """meta.update_order=simultaneous (two inner and two outer updates: the second inner and the
+    first outer one share a collective): W=2 workers x E=2 episodes end where one process stepping
+    on 4 episodes ends."""
+    order = ["meta.update_order=simultaneous", "meta.episodes_per_step=2",
              "model.fusion_candidates=[[1,1,1]]"]  # one candidate: no fusion retraining (not under test)
     cfg = compose(*SMALL, *order, f"storage.root={tmp_path}", "run=simultaneous")
     history = train_ray(cfg).metrics["history"]

@@ -75,6 +75,7 @@ def test_pcgrad_step_applies_the_mean_of_projected_family_gradients():
     for e in range(60):  # at first every family agrees with the inner loss; the hardest one stops agreeing
         warm.step(sampler.episode(e))
     cfg.pcgrad, cfg.outer_optimizer.name, cfg.outer_optimizer.lr = True, "sgd", 0.1
+    cfg.update_order = "sequential"  # what PCGrad needs
     learner = MetaLearner(model, cfg, CPU)
     ep = sampler.episode(100)
     q, qy, s = (torch.as_tensor(a) for a in (ep.query_x, ep.query_y, ep.shots_x))
@@ -122,17 +123,19 @@ def test_curriculum_at_a_tiny_temperature_still_picks_enough_families():
     assert all(len(p) == 2 and "a" in p for p in picks)  # the hardest family every time
 
 
-def test_learner_curriculum_feeds_only_the_picked_families_and_checkpoints_its_margins():
-    sampler, cfg = _episode(curriculum_families=1, curriculum_temperature=0.05)
+@pytest.mark.parametrize("order", ["simultaneous", "sequential"])
+def test_learner_curriculum_feeds_only_the_picked_families_and_checkpoints_its_margins(order):
+    sampler, cfg = _episode(curriculum_families=1, curriculum_temperature=0.05, update_order=order)
     learner = MetaLearner(_model(), cfg, CPU, seed=1)
     seen = []
-    step = learner.outer_step
+    rows = learner._outer_rows
 
-    def spy(q, qy, shots, family, support, **kwargs):
-        seen.append(sorted(set(family.tolist())))
-        return step(q, qy, shots, family, support, **kwargs)
+    def spy(episodes):  # the rows the outer update is given
+        out = rows(episodes)
+        seen.append(sorted(set(out[3].tolist())))
+        return out
 
-    learner.outer_step = spy
+    learner._outer_rows = spy
     for e in range(30):
         learner.step(sampler.episode(e))
     assert all(len(f) == 1 for f in seen)

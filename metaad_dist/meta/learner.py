@@ -20,8 +20,8 @@ process stepping on the same W x E episodes.
 
 `grad_sync` is called between backward and step with the gradient tensors to average in place;
 Ray Train workers pass an all-reduce so every worker keeps identical parameters. With
-`meta.update_order=simultaneous` both levels' gradients are taken at the step's starting
-parameters and averaged in one collective instead of two (docs/method.md section 5).
+`meta.update_order=simultaneous` (the default) the last inner and the first outer update take their gradients
+at the same parameters and share one collective (docs/method.md section 5).
 `stat_sync` averages a tensor of statistics the same way (the curriculum's margins), so workers
 also keep identical curricula. One process passes neither.
 """
@@ -48,17 +48,11 @@ StatSync = Callable[[torch.Tensor], torch.Tensor]
 
 
 def check_update_order(cfg: MetaConfig) -> None:
-    """`simultaneous` takes one gradient of each level at the same parameters: one step of each."""
-    order = cfg.update_order
-    if order not in UPDATE_ORDERS:
-        raise ConfigError(f"meta.update_order='{order}'; expected one of {', '.join(UPDATE_ORDERS)}")
-    if order == "simultaneous" and (cfg.inner_steps != 1 or cfg.outer_steps > 1):
-        raise ConfigError(
-            f"meta.update_order=simultaneous with meta.inner_steps={cfg.inner_steps}, "
-            f"meta.outer_steps={cfg.outer_steps}; it takes one step of each level: use 1 and 1 (or 0 outer)"
-        )
-    if order == "simultaneous" and cfg.pcgrad:
-        raise ConfigError("meta.update_order=simultaneous with meta.pcgrad=true; PCGrad needs the sequential order")
+    if cfg.update_order not in UPDATE_ORDERS:
+        raise ConfigError(f"meta.update_order='{cfg.update_order}'; expected one of {', '.join(UPDATE_ORDERS)}")
+    if cfg.update_order == "simultaneous" and cfg.pcgrad:
+        raise ConfigError("meta.pcgrad=true needs meta.update_order=sequential (PCGrad projects against the inner "
+                          "gradient at the outer step's parameters)")
 
 
 def check_episodes_per_step(cfg: MetaConfig) -> None:
@@ -201,30 +195,28 @@ class MetaLearner:
         # per-family metrics averaged; pcgrad_conflicts is the share of families projected
         return {k: torch.stack([m[k] for m in per_family]).mean() for k in per_family[0]}
 
-    def simultaneous_step(self, support: tuple, outer_rows: Optional[tuple], episodes: int) -> dict:
-        """Both levels' gradients at the same (the step's starting) parameters, averaged over
-        workers in one collective, then the inner and the outer optimizer step. The sequential
-        order's outer gradient sees the encoder after this step's inner update; here it sees the
-        encoder before it, one inner step (lr 1e-3) behind. A worker waits for the others once
-        per step instead of twice (benchmarks/README.md, trainer.py)."""
+    def joint_step(self, support: tuple, outer_rows: tuple, episodes: int) -> dict:
+        """`meta.update_order=simultaneous`: the last inner update and the first outer update take
+        their gradients at the same parameters, averaged over workers in one collective, then
+        each optimizer steps. In the sequential order the outer gradient sees the encoder after
+        that inner update; here it sees it one inner step (lr 1e-3) earlier. A worker waits for
+        the others once per step instead of twice (benchmarks/README.md, trainer.py)."""
         self.model.zero_grad(set_to_none=True)
         loss, metrics = inner_loss(self.model, *support, self.cfg)
-        grads = {"inner": torch.autograd.grad(loss, self.inner_params, allow_unused=True)}
-        if outer_rows is not None:
-            query_x, query_y, shots_x = outer_rows
-            query_x, shots_x, z_query, z_shots = self._outer_inputs(query_x, shots_x)
-            loss, outer_metrics = outer_loss(
-                self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x, episodes=episodes
-            )
-            metrics.update(outer_metrics)
-            grads["outer"] = torch.autograd.grad(loss, self.outer_params, allow_unused=True)
+        inner_grads = torch.autograd.grad(loss, self.inner_params, allow_unused=True)
+        query_x, shots_x, z_query, z_shots = self._outer_inputs(outer_rows[0], outer_rows[2])
+        loss, outer_metrics = outer_loss(
+            self.model, z_query, outer_rows[1], z_shots, self.cfg, query_x, shots_x, episodes=episodes
+        )
+        metrics.update(outer_metrics)
+        outer_grads = torch.autograd.grad(loss, self.outer_params, allow_unused=True)
         if self.grad_sync is not None:
-            self.grad_sync([g for level in grads.values() for g in level if g is not None])
-        levels = {"inner": (self.inner_params, self.inner_opt, self.cfg.inner_optimizer.grad_clip),
-                  "outer": (self.outer_params, self.outer_opt, self.cfg.outer_optimizer.grad_clip)}
-        for level, level_grads in grads.items():
-            params, opt, clip = levels[level]
-            for p, g in zip(params, level_grads):
+            self.grad_sync([g for g in (*inner_grads, *outer_grads) if g is not None])
+        for params, grads, opt, clip in (
+            (self.inner_params, inner_grads, self.inner_opt, self.cfg.inner_optimizer.grad_clip),
+            (self.outer_params, outer_grads, self.outer_opt, self.cfg.outer_optimizer.grad_clip),
+        ):
+            for p, g in zip(params, grads):
                 p.grad = g
             self._step(params, opt, clip, synced=True)
         return metrics
@@ -263,15 +255,17 @@ class MetaLearner:
         n = len(episodes)
         self.model.train()
         sx, sy = self._tensor(stacked(episodes, "support_x")), self._tensor(stacked(episodes, "support_y"), torch.long)
-        if self.cfg.update_order == "simultaneous":
-            outer_rows = self._outer_rows(episodes)[:3] if outer and self.cfg.outer_steps > 0 else None
-            return self.simultaneous_step((sx, sy), outer_rows, n)
+        outer_steps = self.cfg.outer_steps if outer else 0
+        # simultaneous: the last inner and the first outer update share one step (joint_step)
+        joint = int(self.cfg.update_order == "simultaneous" and self.cfg.inner_steps > 0 and outer_steps > 0)
         metrics: dict = {}
-        for _ in range(self.cfg.inner_steps):
+        for _ in range(self.cfg.inner_steps - joint):
             metrics.update(self.inner_step(sx, sy))
-        if outer and self.cfg.outer_steps > 0:
+        if outer_steps > 0:
             qx, qy, shots, family = self._outer_rows(episodes)
-            for _ in range(self.cfg.outer_steps):
+            if joint:
+                metrics.update(self.joint_step((sx, sy), (qx, qy, shots), n))
+            for _ in range(outer_steps - joint):
                 metrics.update(self.outer_step(qx, qy, shots, family, (sx, sy), episodes=n))
         return metrics
 
