@@ -26,6 +26,9 @@ loop, which these rows do not time.
                           local_same_updates is the plain loop at 2E episodes per step: the
                           same optimizer updates as ray2 (2 workers x E), which local at E is not
                           (it takes twice as many steps over the same episodes)
+  ray2_speedup_sequential = ray2_speedup with meta.update_order=sequential (two collectives per
+                          step, the default before session 16): local_sequential and
+                          ray2_sequential rows, so the new default's gain is measured side by side
   ray2_speedup_ray_niceness = ray2_speedup with the workers at Ray's default niceness 15
                           (trainer.worker_niceness=-1; the product's default is 0)
   ray2_speedup_same_updates = ray2 episodes/s / local_same_updates episodes/s (the plain loop
@@ -366,6 +369,7 @@ def ratios(best: dict, runs: dict) -> dict:
         "ray1_overhead": local / ray1 - 1,
         "ray2_speedup": ray2 / local,
         "ray2_speedup_ray_niceness": best["ray2_ray_niceness"]["episodes_per_s"] / local,
+        "ray2_speedup_sequential": best["ray2_sequential"]["episodes_per_s"] / best["local_sequential"]["episodes_per_s"],
         "ray2_vs_ray1": ray2 / ray1,
         # Two independent plain loops at once, over one: the most 2 processes get from this machine.
         "two_process_ceiling": best["local_x2"]["episodes_per_s"] / local,
@@ -409,7 +413,7 @@ def print_table(dataset: str, best: dict, summary: dict) -> None:
         f"{summary['ray2_of_ceiling']:.2f} of it; two processes in lockstep over gloo without Ray "
         f"{summary['lockstep_speedup']:.2f}x, ray2 at {summary['ray2_of_lockstep']:.2f} of that; "
         f"{summary['ray2_speedup_same_updates']:.2f}x over the plain loop "
-        f"at 2E per step), ray2_auroc_delta {summary['ray2_auroc_delta']:+.4f} (vs that loop), "
+        f"at 2E per step; sequential order {summary['ray2_speedup_sequential']:.2f}x), ray2_auroc_delta {summary['ray2_auroc_delta']:+.4f} (vs that loop), "
         f"sampler_wait_fraction {100 * summary['sampler_wait_fraction']:.2f}%; median runs: ray2_speedup "
         f"{summary['median']['ray2_speedup']:.2f}x, ceiling {summary['median']['two_process_ceiling']:.2f}x"
     )
@@ -441,7 +445,7 @@ def main() -> int:
         if dataset != "digits":
             ensure_prepared(dataset, args.data_root)
     runs = {d: {"local": [], "ray1": [], "ray2": [], "ray2_ray_niceness": [], "local_x2": [], "lockstep2": [],
-                "local_same_updates": []}
+                "local_sequential": [], "ray2_sequential": [], "local_same_updates": []}
             for d in args.datasets}
     load_before = os.getloadavg()
     phases = None
@@ -463,6 +467,10 @@ def main() -> int:
                                                              f"{dataset}-ray2-nice15-{r}"))
                     rows["local_x2"].append(run_two_independent(base))
                     rows["lockstep2"].append(run_lockstep(base))
+                    # both levels' gradients in two collectives per step (the order before session 16)
+                    sequential = [*base, "meta.update_order=sequential"]
+                    rows["local_sequential"].append(run_local(sequential, auroc=False))
+                    rows["ray2_sequential"].append(run_ray(sequential, 2, f"{dataset}-ray2-sequential-{r}"))
                     if r == 0:  # the reference for ray2's held-out AUROC: the same updates, one process
                         same = [*base, f"meta.episodes_per_step={2 * args.episodes_per_step}"]
                         rows["local_same_updates"].append(run_local(same, auroc=True))
@@ -489,6 +497,7 @@ def main() -> int:
         "ray2_auroc_delta": {d: p["ray2_auroc_delta"] for d, p in per_dataset.items()},
         "ray2_speedup_same_updates": {d: p["ray2_speedup_same_updates"] for d, p in per_dataset.items()},
         "ray2_speedup_ray_niceness": {d: p["ray2_speedup_ray_niceness"] for d, p in per_dataset.items()},
+        "ray2_speedup_sequential": {d: p["ray2_speedup_sequential"] for d, p in per_dataset.items()},
         "lockstep_speedup": {d: p["lockstep_speedup"] for d, p in per_dataset.items()},
     }
     if "unsw_nb15" in per_dataset:
@@ -509,7 +518,7 @@ def main() -> int:
         "machine": {
             "platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
             # 1/5/15-minute load averages: other processes on the machine slow the 2-worker run most,
-            # since every step waits for both workers (two all-reduces per step).
+            # since every step waits for both workers at its all-reduce.
             "load_average_before": load_before, "load_average_after": load_after,
         },
         "config": {k: v for k, v in vars(args).items() if k not in ("output", "data_root")}
