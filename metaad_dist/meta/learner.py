@@ -20,8 +20,8 @@ process stepping on the same W x E episodes.
 
 `grad_sync` is called between backward and step with the gradient tensors to average in place;
 Ray Train workers pass an all-reduce so every worker keeps identical parameters. With
-`meta.update_order=simultaneous` (the default) the last inner and the first outer update take their gradients
-at the same parameters and share one collective (docs/method.md section 5).
+`meta.update_order=simultaneous` (the default) the last inner and the first outer update take
+their gradients at the same parameters and share one collective (docs/method.md section 5).
 `stat_sync` averages a tensor of statistics the same way (the curriculum's margins), so workers
 also keep identical curricula. One process passes neither.
 """
@@ -204,9 +204,10 @@ class MetaLearner:
         self.model.zero_grad(set_to_none=True)
         loss, metrics = inner_loss(self.model, *support, self.cfg)
         inner_grads = torch.autograd.grad(loss, self.inner_params, allow_unused=True)
-        query_x, shots_x, z_query, z_shots = self._outer_inputs(outer_rows[0], outer_rows[2])
+        query_x, query_y, shots_x = outer_rows
+        query_x, shots_x, z_query, z_shots = self._outer_inputs(query_x, shots_x)
         loss, outer_metrics = outer_loss(
-            self.model, z_query, outer_rows[1], z_shots, self.cfg, query_x, shots_x, episodes=episodes
+            self.model, z_query, query_y, z_shots, self.cfg, query_x, shots_x, episodes=episodes
         )
         metrics.update(outer_metrics)
         outer_grads = torch.autograd.grad(loss, self.outer_params, allow_unused=True)
