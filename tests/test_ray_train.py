@@ -463,7 +463,7 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
     """One of two gloo processes: the gradient sums of both collectives on rank-dependent tensors."""
     import torch.distributed as dist
 
-    from metaad_dist.train.collectives import GradientAverager, sum_over_workers
+    from metaad_dist.train.collectives import GradientAverager, log_row_over_workers, sum_over_workers
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     flat = torch.arange(7, dtype=torch.float32) * (rank + 1) + 0.1 * rank
@@ -471,14 +471,21 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
     param = torch.nn.Parameter(torch.zeros(2, 3))
     param.grad = torch.full((2, 3), float(rank + 1))
     GradientAverager("all_gather")([param.grad])
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.0)
+        model.bias[1] += 0.25 * rank  # the workers disagree on one parameter, by 0.25
+    row = log_row_over_workers({"loss": 1.0 + rank, "episodes_per_s": 10.0 * (rank + 1)}, model, torch.device("cpu"))
     # Plain lists, not tensors: a queued tensor travels as a shared-memory handle that the parent
     # can only open while this process is still alive, and it may already have exited.
-    results.put((rank, out["all_reduce"].tolist(), out["all_gather"].tolist(), param.grad.tolist()))
+    results.put((rank, out["all_reduce"].tolist(), out["all_gather"].tolist(), param.grad.tolist(), row))
     dist.destroy_process_group()
 
 
 def test_gather_and_all_reduce_collectives_give_the_same_sums():
-    """trainer.grad_collective: both ways of summing gradients agree, on every worker."""
+    """trainer.grad_collective: both ways of summing gradients agree, on every worker; a log
+    line's means and parameter spread are right."""
     import multiprocessing as mp
     import socket
 
@@ -494,9 +501,11 @@ def test_gather_and_all_reduce_collectives_give_the_same_sums():
     for p in procs:
         p.join(timeout=60)
     expected = torch.arange(7, dtype=torch.float32) * 3 + 0.1
-    for _, reduced, gathered, grad in got:
+    for _, reduced, gathered, grad, row in got:
         assert torch.allclose(torch.tensor(reduced), expected) and torch.allclose(torch.tensor(gathered), expected)
         assert torch.equal(torch.tensor(grad), torch.full((2, 3), 1.5))  # (1 + 2) / 2 workers
+        # a log line: the metrics' means and the parameter spread, from one all-gather
+        assert row == {"episodes_per_s": 15.0, "loss": 1.5, "param_spread": 0.25}
     assert got[0][2] == got[1][2]  # the gathered sum is bitwise the same on both workers
 
 

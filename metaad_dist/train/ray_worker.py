@@ -37,9 +37,9 @@ from metaad_dist.train.checkpoint import (
 from metaad_dist.train.collectives import (
     GradientAverager,
     curriculum_spread,
+    log_row_over_workers,
     mean_over_workers,
     mean_over_workers_tensor,
-    parameter_spread,
     resolve_collective,
 )
 from metaad_dist.train.commands import run_location, save_trained_run
@@ -184,8 +184,7 @@ def train_worker(config: dict) -> None:
         reporting = time.perf_counter()
         row = {**metrics_as_floats(metrics), **window.close(per_step, averager.seconds)}
         if world > 1:
-            row = mean_over_workers(row, device)
-            row["param_spread"] = parameter_spread(learner.model)
+            row = log_row_over_workers(row, learner.model, device)
             if learner.curriculum is not None and learner.curriculum.margins:
                 row["curriculum_spread"] = curriculum_spread(learner, device)
         row.update(episode=done, step=s + 1)
