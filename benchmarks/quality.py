@@ -199,11 +199,13 @@ def cache_tag(args) -> str:
 # (meta.update_order; inner_only, without an outer step, trains the same either way): no baseline
 # reads them (metaad_dist/eval/baselines imports none of them), so changing one of them keeps the
 # baselines' cached cells.
-METHOD_ONLY_SETTINGS = {"model": ("memory_", "fusion_", "background_features"), "meta": ("update_order",)}
+METHOD_ONLY_SETTINGS = {"model": ("memory_", "fusion_", "background_features"), "meta": ("update_order", "synthetic_")}
 
 
 # Settings added later, at the value every earlier cell was trained with.
-IMPLICIT_SETTINGS = {("model", "background_features"): "row", ("meta", "update_order"): "sequential"}
+IMPLICIT_SETTINGS = {("model", "background_features"): "row", ("meta", "update_order"): "sequential",
+                     ("meta", "synthetic_shots"): 0, ("meta", "synthetic_fraction"): 0.25,
+                     ("meta", "synthetic_scale"): [1.0, 3.0]}
 
 
 def cell_fingerprint(cfg, method: str = METHOD) -> str:

@@ -146,12 +146,8 @@ class ModelConfig:
     # (list[Any]: OmegaConf would refuse integer weights such as [[0,1,1]] in list[list[float]].)
     fusion_candidates: list[Any] = field(default_factory=lambda: [[1.0, 0.5, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
     fusion_folds: int = 4  # meta families held out in turn for that choice (each one a training run)
-    # Each fold network trains this fraction of meta.episodes (train/fusion.py fold_episodes): the
-    # folds only compare candidate weights, and were the largest part of a fit after the loop
-    # 0.25 costs a quarter (51 s -> 12 s for the 4 folds of a UNSW-NB15 cell) and made the same
-    # choices as 1.0 on NSL-KDD (seeds 0-2), but not on UNSW-NB15: there seed 4 chose the one-class
-    # candidate in 8 of 9 folds (the full-length folds: network-led in all 45 cells), and held-out
-    # AUROC fell from 0.967 to 0.953 (benchmarks/README.md, fit cost). So not the default.
+    # Each fold network trains this fraction of meta.episodes (train/fusion.py fold_episodes). 0.25
+    # costs a quarter but changed UNSW-NB15's choices, AUROC 0.967 -> 0.953 (benchmarks/README.md, fit cost).
     fusion_fold_episodes: float = 1.0
     # How that choice is made (train/fusion.py pick_candidate): the best mean AUROC over the
     # held-out folds, except that a candidate giving the network less weight wins when it is
@@ -212,6 +208,11 @@ class MetaConfig:
     curriculum_families: int = 0
     curriculum_temperature: float = 0.1  # softmax temperature over -margin (smaller: greedier)
     curriculum_momentum: float = 0.9  # moving average of each family's margin across episodes
+    # > 0: this many synthetic anomalies per episode join the shots (meta/synthetic.py): support rows
+    # shifted +-U(synthetic_scale) normal stds on a random synthetic_fraction of their features.
+    synthetic_shots: int = 0
+    synthetic_fraction: float = 0.25
+    synthetic_scale: list[float] = field(default_factory=lambda: [1.0, 3.0])
 
 
 @dataclass
@@ -245,11 +246,9 @@ class TrainerConfig:
     checkpoint_every: int = 200  # episodes (all workers together) between checkpoints; 0: at the end only
     keep_checkpoints: int = 2  # newest checkpoints kept in the run's storage
     max_failures: int = 2  # automatic restarts from the latest checkpoint after a worker dies
-    # Unix niceness (0-19) of the Ray processes a job computes in: Train workers, sampler actors,
-    # scoring actors. Ray starts workers at 15 so that its raylet and GCS win any contention;
-    # here the workers *are* the job, and at 15 they lose every core to anything else on the node
-    # (a driver, a neighbour), which a plain process at 0 does not (benchmarks/README.md, "Worker
-    # niceness"). Ray runs its own job drivers at 0 the same way. -1 keeps Ray's default.
+    # Unix niceness (0-19) of the Ray processes a job computes in (Train workers, sampler and scoring
+    # actors). Ray's 15 loses every core to anything else on the node, which a plain process at 0
+    # does not (benchmarks/README.md, "Worker niceness"). -1 keeps Ray's default.
     worker_niceness: int = 0
 
 

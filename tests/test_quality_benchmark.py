@@ -203,15 +203,17 @@ def test_a_memory_or_fusion_setting_changes_the_methods_fingerprint_not_the_base
 
     base = compose_config(["data=digits"])
     changed = compose_config(["data=digits", "model.fusion_fold_episodes=0.5", "model.memory_reconstruction=autoencoder",
-                              "model.background_features=deviation", "meta.update_order=sequential"])
+                              "model.background_features=deviation", "meta.update_order=sequential",
+                              "meta.synthetic_shots=8"])
     for method in ("metaad", "oneclass_only"):
         assert quality.cell_fingerprint(base, method) != quality.cell_fingerprint(changed, method)
-        # a cell computed before model.background_features and meta.update_order existed matches
-        # their values then (row, sequential), not today's default order
+        # a cell computed before model.background_features, meta.update_order and the synthetic
+        # anomalies existed matches their values then (row, sequential, none), not today's order
         earlier = compose_config(["data=digits"])
         with open_dict(earlier.model), open_dict(earlier.meta):
             del earlier.model["background_features"]
-            del earlier.meta["update_order"]
+            for key in ("update_order", "synthetic_shots", "synthetic_fraction", "synthetic_scale"):
+                del earlier.meta[key]
         then = compose_config(["data=digits", "meta.update_order=sequential"])
         assert quality.cell_fingerprint(earlier, method) == quality.cell_fingerprint(then, method)
         assert quality.cell_fingerprint(then, method) != quality.cell_fingerprint(base, method)

@@ -40,6 +40,7 @@ from metaad_dist.meta.curriculum import HardFamilyCurriculum
 from metaad_dist.meta.losses import inner_loss, outer_loss
 from metaad_dist.meta.optim import make_optimizer
 from metaad_dist.meta.pcgrad import assign_flat_grad, flat_grad, project_conflicting
+from metaad_dist.meta.synthetic import check_synthetic, synthetic_anomalies
 from metaad_dist.model.networks import MetaADModel
 
 GradSync = Callable[[list[torch.Tensor]], None]
@@ -68,6 +69,13 @@ def check_episodes_per_step(cfg: MetaConfig) -> None:
             f"meta.episodes_per_step={e} with meta.curriculum_families={cfg.curriculum_families}; "
             "the curriculum works per episode: use 1"
         )
+
+
+def check_meta(cfg: MetaConfig) -> None:
+    """Every meta.* setting the learner checks, as one-line ConfigErrors (also run by the Ray driver)."""
+    check_episodes_per_step(cfg)
+    check_update_order(cfg)
+    check_synthetic(cfg.synthetic_shots, cfg.synthetic_fraction, cfg.synthetic_scale)
 
 
 def step_episodes(step: int, per_step: int, world: int = 1, rank: int = 0) -> range:
@@ -106,9 +114,9 @@ class MetaLearner:
         seed: int = 0,
         stat_sync: Optional[StatSync] = None,
     ):
-        check_episodes_per_step(cfg)
-        check_update_order(cfg)
+        check_meta(cfg)
         self.model = model.to(device)
+        self.seed = seed
         self.cfg = plain(cfg)
         self.device = device
         self.grad_sync = grad_sync
@@ -277,7 +285,22 @@ class MetaLearner:
         family = self._tensor(stacked(episodes, "shots_family"), torch.long)
         if self.curriculum is not None:  # one episode per step (check_episodes_per_step)
             shots, family = self.curriculum_rows(episodes[0], qx, shots, family)
+        if self.cfg.synthetic_shots > 0:
+            shots, family = self._with_synthetic(episodes, shots, family)
         return qx, qy, shots, family
+
+    def _with_synthetic(self, episodes: list[Episode], shots: torch.Tensor, family: torch.Tensor) -> tuple:
+        """Each episode's shots followed by its synthetic anomalies (family index: one past its
+        meta families), episode by episode so the margin stays per episode. Drawn from the
+        episode's support rows, keyed by (seed, episode index): the same rows on any worker."""
+        c = self.cfg
+        n = len(episodes)
+        synthetic = self._tensor(np.stack([
+            synthetic_anomalies(e.support_x, c.synthetic_shots, c.synthetic_fraction, c.synthetic_scale,
+                                (self.seed, e.index)) for e in episodes]))
+        index = torch.full((n, c.synthetic_shots), len(episodes[0].meta_families), dtype=family.dtype, device=family.device)
+        shots = torch.cat([shots.view(n, -1, shots.shape[-1]), synthetic], dim=1).view(-1, shots.shape[-1])
+        return shots, torch.cat([family.view(n, -1), index], dim=1).view(-1)
 
     def state_dict(self) -> dict:
         state = {

@@ -43,7 +43,7 @@ from metaad_dist.data.credentials import AwsSecrets, settings_env
 from metaad_dist.data.ray_instance import check_worker_niceness, ensure_ray, ray_storage, worker_env
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import ConfigError, UserError
-from metaad_dist.meta.learner import check_episodes_per_step, check_update_order
+from metaad_dist.meta.learner import check_meta
 from metaad_dist.train.artifacts import METRICS_FILE
 from metaad_dist.train.collectives import COLLECTIVES
 from metaad_dist.train.commands import RunFolder, run_name
@@ -108,8 +108,7 @@ def check_settings(cfg) -> None:
         raise ConfigError(f"trainer.max_failures={t.max_failures}; expected 0 or more")
     if cfg.meta.episodes < 1:
         raise ConfigError(f"meta.episodes={cfg.meta.episodes}; expected at least 1")
-    check_episodes_per_step(cfg.meta)  # here, not first in every worker
-    check_update_order(cfg.meta)
+    check_meta(cfg.meta)  # here, not first in every worker
 
 
 def check_cluster(cfg) -> None:
