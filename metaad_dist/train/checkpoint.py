@@ -51,15 +51,18 @@ def state_bytes(state: dict) -> bytes:
 
 
 def write_state(state: dict, directory: str) -> str:
-    """Write `state` as directory/state.pt via a temporary file and a rename; returns the path."""
+    """Write `state` as directory/state.pt via a temporary file and a rename; returns the path.
+
+    No fsync: this is Ray Train's local staging folder, which Ray copies into the run's storage
+    and deletes; the copy is what a resumed run reads (Ray registers it only once complete), and
+    syncing the staged file does not make that copy durable. It cost ~2.3 ms of a 2.4 MB state's
+    ~11 ms here, while the other worker waited at the report's barrier."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, STATE_FILE)
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(state_bytes(state))
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
