@@ -463,6 +463,7 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
     """One of two gloo processes: the gradient sums of both collectives on rank-dependent tensors."""
     import torch.distributed as dist
 
+    from metaad_dist.train import collectives
     from metaad_dist.train.collectives import GradientAverager, log_row_over_workers, sum_over_workers
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -476,7 +477,10 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
         model.weight.fill_(1.0)
         model.bias.fill_(0.0)
         model.bias[1] += 0.25 * rank  # the workers disagree on one parameter, by 0.25
-    row = log_row_over_workers({"loss": 1.0 + rank, "episodes_per_s": 10.0 * (rank + 1)}, model, torch.device("cpu"))
+    values = {"loss": 1.0 + rank, "episodes_per_s": 10.0 * (rank + 1)}
+    row = log_row_over_workers(values, model, torch.device("cpu"))
+    collectives.LOG_GATHER_MAX_FLOATS = 0  # a model too large to gather: the two all-reduces instead
+    assert log_row_over_workers(values, model, torch.device("cpu")) == row
     # Plain lists, not tensors: a queued tensor travels as a shared-memory handle that the parent
     # can only open while this process is still alive, and it may already have exited.
     results.put((rank, out["all_reduce"].tolist(), out["all_gather"].tolist(), param.grad.tolist(), row))

@@ -82,15 +82,28 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, t.tolist()))
 
 
+# Floats a log line may all-gather (world x parameters, float64: 32 MB) to get the parameter
+# spread in the same collective as the metrics; a larger model or group takes two all-reduces
+# (MAX, MIN) of its parameters instead, whose size does not grow with the number of workers.
+LOG_GATHER_MAX_FLOATS = 1 << 22
+
+
 def log_row_over_workers(values: dict[str, float], model: torch.nn.Module, device: torch.device) -> dict[str, float]:
     """The mean of `values` over workers and `param_spread`, the largest difference of any
-    parameter between workers (0.0 when they are in sync), from one all-gather of both: a log
-    line waits for the other workers once, not three times (a mean and a max and a min)."""
+    parameter between workers (0.0 when they are in sync). For small models one all-gather
+    carries both: a log line waits for the other workers once, not three times (a mean, a max
+    and a min; benchmarks/README.md, "Cheaper reports")."""
     keys = sorted(values)
+    local = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     params = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(device, torch.float64)
-    rows = gather_rows(torch.cat([torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device), params]))
-    spread = rows[:, len(keys):].max(dim=0).values - rows[:, len(keys):].min(dim=0).values
-    return {**dict(zip(keys, rows[:, :len(keys)].mean(dim=0).tolist())), "param_spread": float(spread.max())}
+    together = dist.get_world_size() * params.numel() <= LOG_GATHER_MAX_FLOATS
+    rows = gather_rows(torch.cat([local, params]) if together else local)
+    if together:
+        gathered = rows[:, len(keys):]
+        param_spread = float((gathered.max(dim=0).values - gathered.min(dim=0).values).max())
+    else:
+        param_spread = spread(params)
+    return {**dict(zip(keys, rows[:, :len(keys)].mean(dim=0).tolist())), "param_spread": param_spread}
 
 
 def curriculum_spread(learner: MetaLearner, device: torch.device) -> float:
