@@ -84,3 +84,14 @@ def test_synthetic_rows_train_with_every_outer_option(meta):
 def test_bad_synthetic_settings_are_one_line(settings, message):
     with pytest.raises(ConfigError, match=message):
         MetaLearner(MetaADModel(6, 3, (16,), 8), MetaConfig(**settings), torch.device("cpu"))
+
+
+def test_the_local_trainer_checks_meta_settings_before_reading_data(compose, monkeypatch):
+    from metaad_dist.train import local
+
+    def no_data(*_):
+        raise AssertionError("data was read before the settings were checked")
+
+    monkeypatch.setattr(local, "prepare_training", no_data)
+    with pytest.raises(ConfigError, match=r"^meta.synthetic_fraction=1.5; expected a share"):
+        local.train_local(compose("data=digits", "meta.synthetic_shots=4", "meta.synthetic_fraction=1.5"))

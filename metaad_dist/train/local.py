@@ -12,7 +12,7 @@ import torch
 
 from metaad_dist.config import Config, plain
 from metaad_dist.eval.metrics import detection_metrics
-from metaad_dist.meta.learner import MetaLearner, step_episodes
+from metaad_dist.meta.learner import MetaLearner, check_meta, step_episodes
 from metaad_dist.model.networks import MetaADModel
 from metaad_dist.train.artifacts import TrainedModel
 from metaad_dist.train.checkpoint import LocalCheckpoints
@@ -64,6 +64,7 @@ def train_local(
     `on_validation(metrics)` is called after each validation (Ray Tune reports from it).
     With `checkpoints` the loop resumes from the run's newest checkpoint and writes new ones.
     """
+    check_meta(cfg.meta)  # before any data is read or fold process forked
     setup = setup or prepare_training(cfg)
     if not cfg.quiet:
         log(setup.describe())
