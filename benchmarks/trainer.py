@@ -189,6 +189,7 @@ def _lockstep_loop(base: list[str], rank: int, port: int, barrier, results) -> N
 
     from metaad_dist.meta.learner import MetaLearner, step_episodes
     from metaad_dist.train.collectives import GradientAverager, resolve_collective
+    from metaad_dist.train.draw_ahead import DrawAhead
 
     cfg = compose_config(base)
     setup = prepare_training(cfg)
@@ -199,8 +200,11 @@ def _lockstep_loop(base: list[str], rank: int, port: int, barrier, results) -> N
     per_step = 2 * cfg.meta.episodes_per_step
 
     def train(steps: int) -> None:
+        # as the Ray worker: the next step's episodes are drawn during this step's collective
+        ahead = DrawAhead(lambda s: [setup.sampler.episode(i) for i in step_episodes(s, cfg.meta.episodes_per_step, 2, rank)],
+                          averager)
         for s in range(steps):
-            learner.step_tensors([setup.sampler.episode(i) for i in step_episodes(s, cfg.meta.episodes_per_step, 2, rank)])
+            learner.step_tensors(ahead.episodes(s, steps))
 
     train(math.ceil(200 / per_step))  # warm-up, as the plain loop's 200 episodes
     barrier.wait()

@@ -471,7 +471,10 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
     out = {c: sum_over_workers(flat, c) for c in ("all_reduce", "all_gather")}
     param = torch.nn.Parameter(torch.zeros(2, 3))
     param.grad = torch.full((2, 3), float(rank + 1))
-    GradientAverager("all_gather")([param.grad])
+    averager, waited = GradientAverager("all_gather"), []
+    averager.while_waiting = lambda: waited.append(rank)  # runs once, while the gather is in flight
+    averager([param.grad])
+    assert waited == [rank] and averager.while_waiting is None
     model = torch.nn.Linear(3, 2)
     with torch.no_grad():
         model.weight.fill_(1.0)
@@ -535,6 +538,23 @@ def test_checkpoint_state_round_trip_and_corruption(tmp_path):
     torch.save({"learner": {}}, buf)
     with pytest.raises(UserError, match=r"not a metaad training state"):
         read_state(buf.getvalue(), "ckpt")
+
+
+def test_draw_ahead_draws_every_step_once_in_order():
+    """DrawAhead: a step's collective draws the next step's episodes; a step without a collective
+    leaves its hook unused, and the next step draws its own."""
+    from metaad_dist.train.collectives import GradientAverager
+    from metaad_dist.train.draw_ahead import DrawAhead
+
+    averager, drawn = GradientAverager(), []
+    ahead = DrawAhead(lambda s: drawn.append(s) or [s], averager)
+    got = []
+    for s in range(4):
+        got.append(ahead.episodes(s, 4))
+        if s in (0, 2):  # the collectives of steps 0 and 2 run their hook; step 1 has none
+            averager.while_waiting()
+    assert got == [[0], [1], [2], [3]] and drawn == [0, 1, 2, 3]
+    assert averager.while_waiting is None and ahead.ahead == {}  # the last step draws nothing ahead
 
 
 def test_crossed_counts_multiples_inside_a_step():

@@ -143,6 +143,8 @@ def test_each_trial_can_be_a_ray_train_run(ray_local, tmp_path):
     (grid,) = run_sweep(cfg)
     rows = trial_rows(grid, cfg.meta.episodes, 5)
     assert len(rows) == 2 and all(r["completed"] and 0.5 < r["val_auroc"] <= 1 for r in rows)
+    # both validations reached Tune, the one at episode 30 without a checkpoint too
+    assert all(r.metrics_dataframe["episode"].tolist() == [30, 60] for r in grid)
     # tune.max_concurrent_trials=1: one trial after the other (timestamps have 1 s resolution)
     spans = sorted((r.metrics["timestamp"] - r.metrics["time_total_s"], r.metrics["timestamp"]) for r in grid)
     assert spans[1][0] >= spans[0][1] - 1.5, spans

@@ -6,6 +6,7 @@ functions of tensors (torch.distributed), usable in any process group, Ray's or 
 from __future__ import annotations
 
 import time
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,11 +30,20 @@ def sum_over_workers(flat: torch.Tensor, collective: str = "all_reduce") -> torc
     `all_gather` gathers every worker's tensor and adds them in rank order: one round trip
     instead of gloo's reduce-scatter + all-gather rounds, which on small tensors cost about
     three times as much (benchmarks/README.md, "Gradient collective")."""
+    return start_sum(flat, collective)()
+
+
+def start_sum(flat: torch.Tensor, collective: str = "all_reduce") -> Callable[[], torch.Tensor]:
+    """`sum_over_workers` started asynchronously: returns the call that waits for the sum, so
+    a worker can do other work while the collective (and the slowest worker) is in flight."""
     if collective == "all_gather":
-        return gather_rows(flat).sum(dim=0)
+        world = dist.get_world_size()
+        gathered = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
+        work = dist.all_gather_single(gathered, flat, async_op=True)
+        return lambda: (work.wait(), gathered.view(world, -1).sum(dim=0))[1]
     flat = flat.clone()
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    return flat
+    work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+    return lambda: (work.wait(), flat)[1]
 
 
 def gather_rows(flat: torch.Tensor) -> torch.Tensor:
@@ -51,17 +61,28 @@ class GradientAverager:
     gradients, or both levels' with `meta.update_order=simultaneous`. A parameter a loss does
     not use has no gradient on every worker, since all workers run the same code path, so the
     tensors line up. `seconds` accumulates the time spent here: waiting for the slowest worker
-    plus the transfer.
+    plus the transfer, less the time `while_waiting` ran.
+
+    `while_waiting`, when set, runs once while the next collective is in flight, then is
+    cleared: work that does not depend on the update (the next step's episodes) fills the
+    wait for the other workers instead of following it.
     """
 
     def __init__(self, collective: str = "all_reduce"):
         self.collective = collective
         self.seconds = 0.0
+        self.while_waiting: Optional[Callable[[], None]] = None
 
     def __call__(self, grads: list[torch.Tensor]) -> None:
         started = time.perf_counter()
         if grads:
-            flat = sum_over_workers(torch.cat([g.reshape(-1) for g in grads]), self.collective)
+            finish = start_sum(torch.cat([g.reshape(-1) for g in grads]), self.collective)
+            if self.while_waiting is not None:
+                work, self.while_waiting = self.while_waiting, None
+                busy = time.perf_counter()
+                work()
+                started += time.perf_counter() - busy
+            flat = finish()
             flat /= dist.get_world_size()
             offset = 0
             for g in grads:

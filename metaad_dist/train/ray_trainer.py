@@ -198,6 +198,9 @@ def train_ray(cfg, callbacks: tuple = ()) -> RayTrainResult:
             train_loop_config={
                 "cfg": OmegaConf.to_container(cfg, resolve=True), "fault": fault, "aws": AwsSecrets.from_environ(),
                 "setup": setup.for_workers() if setup is not None else None, "pool": pool,
+                # a validation without a checkpoint is worth a report (a barrier with the
+                # driver) only to a callback: Tune's, whose trials report at validations
+                "report_validations": bool(callbacks),
             },
             torch_config=BoundTorchConfig(backend=backend(cfg)),  # rendezvous on the group's address only
             scaling_config=ScalingConfig(

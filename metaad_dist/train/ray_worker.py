@@ -43,6 +43,7 @@ from metaad_dist.train.collectives import (
     resolve_collective,
 )
 from metaad_dist.train.commands import run_location, save_trained_run
+from metaad_dist.train.draw_ahead import DrawAhead
 from metaad_dist.train.fusion import choose_fusion, fold_network, fold_plan
 from metaad_dist.train.local import crossed, fit_network_only, validation_auroc
 from metaad_dist.train.setup import configure_torch, prepare_training
@@ -150,8 +151,13 @@ def train_worker(config: dict) -> None:
         say(cfg, rank, f"[ray] resuming from {checkpoint_uri(checkpoint)} at episode {state['episodes_done']}")
     first_step = step
     fault = fault_plan(config.get("fault"))
+    report_validations = config.get("report_validations", True)
 
     config_yaml = OmegaConf.to_yaml(cfg)  # for every checkpoint; once, since a call costs ~15 ms
+    if world > 1:
+        # Workers finish their setup at different times; the first gradient collective would
+        # absorb the skew into the loop's seconds. Waiting here counts it as setup (setup_s).
+        dist.barrier()
     start, cpu_start = time.perf_counter(), time.process_time()
     window, totals = Window(), {"sampler_wait_s": 0.0, "report_s": 0.0}
     # Episodes of the shared sampler actors are fetched a step ahead on a thread, which mostly
@@ -159,11 +165,14 @@ def train_worker(config: dict) -> None:
     # CPU work in this process: drawn on a thread it ran beside the step's kernels, and a worker
     # took 4.0-4.7 ms of CPU per episode instead of 3.0-3.4 (1 worker, digits, 2 cores, A/B in
     # benchmarks/README.md), so it is drawn in the loop, as the plain loop does.
+    # With 2+ workers it is drawn during the previous step's gradient collective (DrawAhead),
+    # while this worker's core would idle waiting for the others.
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="metaad-episodes") if pool is not None else None
     pending = prefetch.submit(draw, step) if prefetch is not None and step < steps else None
+    ahead = DrawAhead(draw, averager) if prefetch is None and world > 1 else None
     for s in range(step, steps):
         waiting = time.perf_counter()
-        episodes = pending.result() if prefetch is not None else draw(s)
+        episodes = pending.result() if prefetch is not None else ahead.episodes(s, steps) if ahead else draw(s)
         waited = time.perf_counter() - waiting
         if prefetch is not None and s + 1 < steps:  # the next step's episodes come while this step trains
             pending = prefetch.submit(draw, s + 1)
@@ -209,10 +218,11 @@ def train_worker(config: dict) -> None:
                 "seconds": seconds_before + time.perf_counter() - start,
                 "config": config_yaml,
             })
-        if validate or save:
-            # Only validations and checkpoints go through Ray Train (and on to Tune, whose trials
-            # report at validations only): a log line is printed and kept in the history, since
-            # each report is a barrier of every worker with the driver, costing several ms.
+        if save or (validate and report_validations):
+            # Only checkpoints, and validations when Tune listens (its trials report at
+            # validations), go through Ray Train: the rest is printed and kept in the history
+            # (metrics.json), since each report is a barrier of every worker with the driver,
+            # costing several ms.
             ray.train.report(
                 row,
                 checkpoint=ckpt,
