@@ -278,6 +278,7 @@ def run_ray(base: list[str], workers: int, name: str, auroc: bool = False) -> di
         "sampler_wait_fraction": t["sampler_wait_fraction"],
         "cpu_ms_per_episode": t["cpu_ms_per_episode"],
         "allreduce_fraction": t["allreduce_fraction"],
+        "drawn_ahead_fraction": t["drawn_ahead_fraction"],  # episodes drawn inside the collective's wait
         "report_fraction": t["report_fraction"],
         "wall_seconds": wall,
         "val_auroc": metrics["final"].get("val_auroc"),

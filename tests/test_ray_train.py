@@ -146,6 +146,7 @@ def test_two_workers_equal_one_process_averaging_two_episodes(uninterrupted):
     assert m["episodes"] == m["trainer"]["episodes_trained"] == cfg.meta.episodes
     assert [h["episode"] for h in m["history"]] == [4, 6, 8, 12]  # log/checkpoint every 4, validate every 6
     assert all(h["param_spread"] == 0.0 for h in m["history"])  # identical parameters on every worker
+    assert 0 < m["trainer"]["drawn_ahead_fraction"] < 1  # episodes drawn during the gradient collective
     # digits has two meta families, so two fusion folds, each trained once; rank 0 fills the
     # memory first, so worker 1 starts on the queue first
     folds = m["trainer"]["fusion"]["folds_by_worker"]

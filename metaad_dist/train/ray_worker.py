@@ -235,7 +235,7 @@ def train_worker(config: dict) -> None:
         prefetch.shutdown()  # the shared pool's actors belong to the driver, which stops them
 
     totals.update(loop_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start, allreduce_s=averager.seconds,
-                  setup_s=start - entered)
+                  setup_s=start - entered, drawn_ahead_s=ahead.hidden_seconds if ahead else 0.0)
     if world > 1:
         totals = mean_over_workers(totals, device)
     learner.model.eval()
@@ -338,6 +338,8 @@ def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> 
             "sampler_wait_fraction": share("sampler_wait_s"),
             # Gradient all-reduces, waiting for the slowest worker included.
             "allreduce_fraction": share("allreduce_s"),
+            # Drawing the next step's episodes inside the collective's wait (DrawAhead; in neither share above).
+            "drawn_ahead_fraction": share("drawn_ahead_s"),
             # Reports with their validation and checkpoint writes.
             "report_fraction": share("report_s"),
             "worker_niceness": os.nice(0),  # as started by Ray (trainer.worker_niceness)
