@@ -37,10 +37,8 @@ def start_sum(flat: torch.Tensor, collective: str = "all_reduce") -> Callable[[]
     """`sum_over_workers` started asynchronously: returns the call that waits for the sum, so
     a worker can do other work while the collective (and the slowest worker) is in flight."""
     if collective == "all_gather":
-        world = dist.get_world_size()
-        gathered = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
-        work = dist.all_gather_single(gathered, flat, async_op=True)
-        return lambda: (work.wait(), gathered.view(world, -1).sum(dim=0))[1]
+        rows = start_gather_rows(flat)
+        return lambda: rows().sum(dim=0)
     flat = flat.clone()
     work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
     return lambda: (work.wait(), flat)[1]
@@ -48,10 +46,15 @@ def start_sum(flat: torch.Tensor, collective: str = "all_reduce") -> Callable[[]
 
 def gather_rows(flat: torch.Tensor) -> torch.Tensor:
     """Every worker's 1-D tensor, one row per rank (world x n), identical on every worker."""
+    return start_gather_rows(flat)()
+
+
+def start_gather_rows(flat: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """`gather_rows` started asynchronously: returns the call that waits for the rows."""
     world = dist.get_world_size()
     gathered = torch.empty(world * flat.numel(), dtype=flat.dtype, device=flat.device)
-    dist.all_gather_single(gathered, flat)
-    return gathered.view(world, -1)
+    work = dist.all_gather_single(gathered, flat, async_op=True)
+    return lambda: (work.wait(), gathered.view(world, -1))[1]
 
 
 class GradientAverager:
