@@ -197,8 +197,7 @@ class MetaConfig:
     warmup_episodes: int = 0  # inner loop only for the first episodes
     # Per optimizer step (per Ray Train worker), stacked in one batch: W workers x E = one process with W*E.
     episodes_per_step: int = 1
-    # simultaneous: last inner and first outer gradient at the same parameters (one collective); or sequential;
-    # or pipelined: as simultaneous, each step's gradients applied one step later (the collective overlaps the next step)
+    # simultaneous: last inner and first outer gradient at the same parameters (one collective); or sequential
     update_order: str = "simultaneous"
     # Options of docs/method.md section 5 (meta/pcgrad.py, meta/curriculum.py); off until an
     # ablation (benchmarks/ablations.py) shows they raise held-out AUROC.

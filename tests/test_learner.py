@@ -218,7 +218,7 @@ def test_simultaneous_order_without_the_outer_loop_is_the_inner_step():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"update_order": "parallel"}, r"^meta.update_order='parallel'; expected one of sequential, simultaneous, pipelined$"),
+    ({"update_order": "parallel"}, r"^meta.update_order='parallel'; expected one of sequential, simultaneous$"),
     ({"update_order": "simultaneous", "pcgrad": True}, r"^meta.pcgrad=true needs meta.update_order=sequential "),
     ({"episodes_per_step": 0}, r"^meta.episodes_per_step=0; expected an integer >= 1$"),
     ({"episodes_per_step": 2, "pcgrad": True}, r"^meta.episodes_per_step=2 with meta.pcgrad=true"),

@@ -181,15 +181,13 @@ def test_two_workers_train_the_fusion_folds_in_parallel_as_one_process_would(ray
     assert one.trained.model.memory.choice.families == ["5", "6", "7", "8"]  # four folds really chosen from
 
 
-@pytest.mark.parametrize("update_order", ["simultaneous", "pipelined"])
-def test_joint_update_orders_under_two_workers_equal_one_process(ray_local, compose, tmp_path, update_order):
+def test_simultaneous_order_under_two_workers_equals_one_process(ray_local, compose, tmp_path):
     """meta.update_order=simultaneous (two inner and two outer updates: the second inner and the
-    first outer one share a collective), and pipelined (the same, each step's average waited for
-    and applied in the next step, with checkpoints carrying it between): W=2 workers x E=2
-    episodes end where one process stepping on 4 episodes ends."""
-    order = [f"meta.update_order={update_order}", "meta.episodes_per_step=2",
+    first outer one share a collective): W=2 workers x E=2 episodes end where one process stepping
+    on 4 episodes ends."""
+    order = ["meta.update_order=simultaneous", "meta.episodes_per_step=2",
              "model.fusion_candidates=[[1,1,1]]"]  # one candidate: no fusion retraining (not under test)
-    cfg = compose(*SMALL, *order, f"storage.root={tmp_path}", f"run={update_order}")
+    cfg = compose(*SMALL, *order, f"storage.root={tmp_path}", "run=simultaneous")
     history = train_ray(cfg).metrics["history"]
     assert all(h["param_spread"] == 0.0 for h in history)
     from metaad_dist.train.local import train_local
@@ -455,7 +453,7 @@ def test_unreachable_storage(compose, monkeypatch):
     ("trainer.num_workers=0", "trainer.num_workers=0; expected at least 1"),
     ("trainer.device=cuda:1", "trainer.device='cuda:1'; with trainer=ray"),
     ("trainer.worker_niceness=20", "trainer.worker_niceness=20; expected 0-19"),
-    ("meta.update_order=both", "meta.update_order='both'; expected one of sequential, simultaneous, pipelined"),
+    ("meta.update_order=both", "meta.update_order='both'; expected one of sequential, simultaneous"),
 ])
 def test_bad_trainer_settings(compose, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

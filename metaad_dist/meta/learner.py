@@ -21,9 +21,7 @@ process stepping on the same W x E episodes.
 `grad_sync` is called between backward and step with the gradient tensors to average in place;
 Ray Train workers pass an all-reduce so every worker keeps identical parameters. With
 `meta.update_order=simultaneous` (the default) the last inner and the first outer update take
-their gradients at the same parameters and share one collective (docs/method.md section 5);
-`pipelined` applies each such step's gradients one step later, so that their collective runs
-while the next step computes (`grad_sync.start`, when it has one, starts it without waiting).
+their gradients at the same parameters and share one collective (docs/method.md section 5).
 `stat_sync` averages a tensor of statistics the same way (the curriculum's margins), so workers
 also keep identical curricula. One process passes neither.
 """
@@ -46,14 +44,14 @@ from metaad_dist.meta.synthetic import check_synthetic, synthetic_anomalies
 from metaad_dist.model.networks import MetaADModel
 
 GradSync = Callable[[list[torch.Tensor]], None]
-UPDATE_ORDERS = ("sequential", "simultaneous", "pipelined")
+UPDATE_ORDERS = ("sequential", "simultaneous")
 StatSync = Callable[[torch.Tensor], torch.Tensor]
 
 
 def check_update_order(cfg: MetaConfig) -> None:
     if cfg.update_order not in UPDATE_ORDERS:
         raise ConfigError(f"meta.update_order='{cfg.update_order}'; expected one of {', '.join(UPDATE_ORDERS)}")
-    if cfg.update_order != "sequential" and cfg.pcgrad:
+    if cfg.update_order == "simultaneous" and cfg.pcgrad:
         raise ConfigError("meta.pcgrad=true needs meta.update_order=sequential (PCGrad projects against the inner "
                           "gradient at the outer step's parameters)")
 
@@ -106,27 +104,6 @@ def stacked(episodes: Sequence[Episode], key: str) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-class PendingGradients:
-    """One step's gradients (None where a parameter had none) with their average over workers
-    started: `grad_sync.start(present)` where the sync can start without waiting (the Ray
-    workers' GradientAverager), else synced at once. `averaged()` waits once, then returns them."""
-
-    def __init__(self, grads: tuple, grad_sync: Optional[GradSync]):
-        self.grads = grads
-        present = [g for g in grads if g is not None]
-        self._wait: Optional[Callable[[], None]] = None
-        if grad_sync is not None and hasattr(grad_sync, "start"):
-            self._wait = grad_sync.start(present)
-        elif grad_sync is not None:
-            grad_sync(present)
-
-    def averaged(self) -> tuple:
-        if self._wait is not None:
-            wait, self._wait = self._wait, None
-            wait()
-        return self.grads
-
-
 class MetaLearner:
     def __init__(
         self,
@@ -154,7 +131,6 @@ class MetaLearner:
         self.outer_params = model.outer_parameters()
         self.inner_opt = make_optimizer(self.inner_params, cfg.inner_optimizer, "meta.inner_optimizer")
         self.outer_opt = make_optimizer(self.outer_params, cfg.outer_optimizer, "meta.outer_optimizer")
-        self.pending: Optional[PendingGradients] = None  # meta.update_order=pipelined only
 
     def _tensor(self, a, dtype=torch.float32) -> torch.Tensor:
         if getattr(getattr(a, "flags", None), "writeable", True):
@@ -228,9 +204,9 @@ class MetaLearner:
         return {k: torch.stack([m[k] for m in per_family]).mean() for k in per_family[0]}
 
     def joint_step(self, support: tuple, outer_rows: tuple, episodes: int) -> dict:
-        """`meta.update_order=simultaneous` (or `pipelined`, `_swap_pending`): the last inner
-        update and the first outer update take their gradients at the same parameters, averaged
-        over workers in one collective, then each optimizer steps. In the sequential order the outer gradient sees the encoder after
+        """`meta.update_order=simultaneous`: the last inner update and the first outer update take
+        their gradients at the same parameters, averaged over workers in one collective, then
+        each optimizer steps. In the sequential order the outer gradient sees the encoder after
         that inner update; here it sees it one inner step (lr 1e-3) earlier. A worker waits for
         the others once per step instead of twice (benchmarks/README.md, trainer.py)."""
         self.model.zero_grad(set_to_none=True)
@@ -243,14 +219,8 @@ class MetaLearner:
         )
         metrics.update(outer_metrics)
         outer_grads = torch.autograd.grad(loss, self.outer_params, allow_unused=True)
-        grads = (*inner_grads, *outer_grads)
-        if self.cfg.update_order == "pipelined":
-            grads = self._swap_pending(grads)
-            if grads is None:  # the first joint step: nothing to apply yet
-                return metrics
-        elif self.grad_sync is not None:
-            self.grad_sync([g for g in grads if g is not None])
-        inner_grads, outer_grads = grads[: len(self.inner_params)], grads[len(self.inner_params):]
+        if self.grad_sync is not None:
+            self.grad_sync([g for g in (*inner_grads, *outer_grads) if g is not None])
         for params, grads, opt, clip in (
             (self.inner_params, inner_grads, self.inner_opt, self.cfg.inner_optimizer.grad_clip),
             (self.outer_params, outer_grads, self.outer_opt, self.cfg.outer_optimizer.grad_clip),
@@ -259,19 +229,6 @@ class MetaLearner:
                 p.grad = g
             self._step(params, opt, clip, synced=True)
         return metrics
-
-    def _swap_pending(self, grads: tuple) -> Optional[tuple]:
-        """`meta.update_order=pipelined`: start averaging this step's gradients and return the
-        previous joint step's, averaged (None at the first). Step t thus applies the gradients
-        taken at step t-1's parameters, and the collective of step t runs while step t+1
-        computes instead of every step waiting for it and for the slowest worker: one step of
-        staleness, as in pipelined data parallelism (PipeDream, Narayanan et al., SOSP 2019).
-        The same rule in one process keeps W workers x E episodes equal to one process with
-        W*E; the last step's gradients are never applied."""
-        previous, self.pending = self.pending, PendingGradients(grads, self.grad_sync)
-        if previous is None:
-            return None
-        return previous.averaged()
 
     @torch.no_grad()
     def family_margins(self, query_x: torch.Tensor, shots_x: torch.Tensor, shots_family: torch.Tensor) -> torch.Tensor:
@@ -308,8 +265,8 @@ class MetaLearner:
         self.model.train()
         sx, sy = self._tensor(stacked(episodes, "support_x")), self._tensor(stacked(episodes, "support_y"), torch.long)
         outer_steps = self.cfg.outer_steps if outer else 0
-        # simultaneous / pipelined: the last inner and the first outer update share one step (joint_step)
-        joint = int(self.cfg.update_order != "sequential" and self.cfg.inner_steps > 0 and outer_steps > 0)
+        # simultaneous: the last inner and the first outer update share one step (joint_step)
+        joint = int(self.cfg.update_order == "simultaneous" and self.cfg.inner_steps > 0 and outer_steps > 0)
         metrics: dict = {}
         for _ in range(self.cfg.inner_steps - joint):
             metrics.update(self.inner_step(sx, sy))
@@ -356,8 +313,6 @@ class MetaLearner:
         # Dropout draws from torch's generator: a resumed run must continue its stream, not the
         # stream of a freshly seeded process.
         state["torch_rng"] = torch.get_rng_state()
-        if self.pending is not None:  # pipelined: the gradients the next step applies
-            state["pending_grads"] = list(self.pending.averaged())
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -368,9 +323,6 @@ class MetaLearner:
         self.outer_opt.load_state_dict(state["outer_opt"])
         if self.curriculum is not None:
             self.curriculum.load_state_dict(state.get("curriculum", {"margins": {}}))
-        if state.get("pending_grads") is not None:
-            grads = tuple(None if g is None else g.to(self.device) for g in state["pending_grads"])
-            self.pending = PendingGradients(grads, None)
         if "torch_rng" in state:  # checkpoints from before it was saved resume without it
             torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":

@@ -77,24 +77,14 @@ class GradientAverager:
         self.while_waiting: Optional[Callable[[], None]] = None
 
     def __call__(self, grads: list[torch.Tensor]) -> None:
-        self.start(grads)()
-
-    def start(self, grads: list[torch.Tensor]) -> Callable[[], None]:
-        """Start the sum of `grads` over workers and return the call that waits for it and
-        writes the averages into `grads` (`meta.update_order=pipelined` waits a step later)."""
-        if not grads:
-            return lambda: None
         started = time.perf_counter()
-        finish = start_sum(torch.cat([g.reshape(-1) for g in grads]), self.collective)
-        if self.while_waiting is not None:
-            work, self.while_waiting = self.while_waiting, None
-            busy = time.perf_counter()
-            work()
-            started += time.perf_counter() - busy
-        self.seconds += time.perf_counter() - started
-
-        def wait() -> None:
-            waited = time.perf_counter()
+        if grads:
+            finish = start_sum(torch.cat([g.reshape(-1) for g in grads]), self.collective)
+            if self.while_waiting is not None:
+                work, self.while_waiting = self.while_waiting, None
+                busy = time.perf_counter()
+                work()
+                started += time.perf_counter() - busy
             flat = finish()
             flat /= dist.get_world_size()
             offset = 0
@@ -102,9 +92,7 @@ class GradientAverager:
                 n = g.numel()
                 g.copy_(flat[offset:offset + n].view_as(g))
                 offset += n
-            self.seconds += time.perf_counter() - waited
-
-        return wait
+        self.seconds += time.perf_counter() - started
 
 
 def mean_over_workers_tensor(values: torch.Tensor) -> torch.Tensor:
