@@ -18,7 +18,7 @@ loop, which these rows do not time.
   two_process_ceiling   = summed episodes/s of two plain loops run at once / local episodes/s:
                           what two processes get from this machine at all (local_x2 row)
   lockstep_speedup      = episodes/s of two plain processes training one model in lockstep over
-                          torch.distributed gloo (the workers' learner, averager and episode
+                          torch.distributed (the workers' learner, averager, collective and episode
                           split, no Ray: lockstep2 row; the loop alone, no validation) / local:
                           what synchronous steps get here, so that ray2_of_lockstep is Ray's share
   ray2_auroc_delta      = held-out AUROC of the ray2 network minus that of local_same_updates
@@ -31,6 +31,9 @@ loop, which these rows do not time.
                           ray2_sequential rows, so the new default's gain is measured side by side
   ray2_speedup_ray_niceness = ray2_speedup with the workers at Ray's default niceness 15
                           (trainer.worker_niceness=-1; the product's default is 0)
+  ray2_speedup_gloo     = ray2_speedup with the gradients summed by gloo's all_gather
+                          (trainer.grad_collective=all_gather, the default before session 20;
+                          ray2 and lockstep2 use the default auto: shared memory on one machine)
   ray2_speedup_same_updates = ray2 episodes/s / local_same_updates episodes/s (the plain loop
                           batching all 2E episodes in one process, so a bigger batch per forward)
   sampler_wait_fraction = share of the Ray workers' loop time spent waiting for the next
@@ -182,21 +185,23 @@ def _independent_loop(base: list[str], rank: int, port: int, barrier, results) -
 
 
 def _lockstep_loop(base: list[str], rank: int, port: int, barrier, results) -> None:
-    """Rank `rank` of two plain processes training one model over torch.distributed (gloo on
-    127.0.0.1), exactly as two Ray Train workers do (the same MetaLearner, GradientAverager and
-    step_episodes), without Ray: no controller, raylet or reports beside them."""
+    """Rank `rank` of two plain processes training one model over torch.distributed (a gloo group
+    on 127.0.0.1, gradients summed as trainer.grad_collective says), exactly as two Ray Train
+    workers do (the same MetaLearner, GradientAverager and step_episodes), without Ray: no
+    controller, raylet or reports beside them."""
     import torch.distributed as dist
 
     from metaad_dist.meta.learner import MetaLearner, step_episodes
-    from metaad_dist.train.collectives import GradientAverager, resolve_collective
+    from metaad_dist.train.collectives import gradient_averager
     from metaad_dist.train.draw_ahead import DrawAhead
 
     cfg = compose_config(base)
     setup = prepare_training(cfg)
     device = configure_torch(cfg.trainer)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    averager = GradientAverager(resolve_collective(cfg.trainer.grad_collective, "gloo"))
-    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, averager, seed=cfg.seed)
+    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, seed=cfg.seed)
+    averager = gradient_averager(cfg.trainer.grad_collective, "gloo", learner.inner_params + learner.outer_params, 2)
+    learner.grad_sync = averager
     per_step = 2 * cfg.meta.episodes_per_step
 
     def train(steps: int) -> None:
@@ -213,7 +218,7 @@ def _lockstep_loop(base: list[str], rank: int, port: int, barrier, results) -> N
     started, synced = time.perf_counter(), averager.seconds
     train(steps)
     seconds = time.perf_counter() - started
-    results.put((rank, {"episodes_per_s": steps * per_step / seconds,
+    results.put((rank, {"episodes_per_s": steps * per_step / seconds, "grad_collective": averager.collective,
                         "allreduce_fraction": (averager.seconds - synced) / seconds}))
     dist.destroy_process_group()
 
@@ -255,10 +260,10 @@ def run_two_independent(base: list[str]) -> dict:
 
 
 def run_lockstep(base: list[str]) -> dict:
-    """Two plain processes in lockstep over gloo (`_lockstep_loop`): what synchronous data
+    """Two plain processes in lockstep (`_lockstep_loop`): what synchronous data
     parallelism itself gets from this machine, Ray's share of the gap to local_x2 taken out."""
     ranks = run_pair(_lockstep_loop, base)
-    return {"episodes_per_s": ranks[0]["episodes_per_s"],
+    return {"episodes_per_s": ranks[0]["episodes_per_s"], "grad_collective": ranks[0]["grad_collective"],
             "allreduce_fraction": statistics.mean(r["allreduce_fraction"] for r in ranks)}
 
 
@@ -278,6 +283,7 @@ def run_ray(base: list[str], workers: int, name: str, auroc: bool = False) -> di
         "sampler_wait_fraction": t["sampler_wait_fraction"],
         "cpu_ms_per_episode": t["cpu_ms_per_episode"],
         "allreduce_fraction": t["allreduce_fraction"],
+        "grad_collective": t["grad_collective"],  # trainer.grad_collective as the workers resolved it
         "drawn_ahead_fraction": t["drawn_ahead_fraction"],  # episodes drawn inside the collective's wait
         "report_fraction": t["report_fraction"],
         "wall_seconds": wall,
@@ -374,13 +380,14 @@ def ratios(best: dict, runs: dict) -> dict:
         "ray1_overhead": local / ray1 - 1,
         "ray2_speedup": ray2 / local,
         "ray2_speedup_ray_niceness": best["ray2_ray_niceness"]["episodes_per_s"] / local,
+        "ray2_speedup_gloo": best["ray2_gloo"]["episodes_per_s"] / local,
         "ray2_speedup_sequential": best["ray2_sequential"]["episodes_per_s"] / best["local_sequential"]["episodes_per_s"],
         "ray2_vs_ray1": ray2 / ray1,
         # Two independent plain loops at once, over one: the most 2 processes get from this machine.
         "two_process_ceiling": best["local_x2"]["episodes_per_s"] / local,
         "ray2_of_ceiling": (ray2 / local) / (best["local_x2"]["episodes_per_s"] / local),
         "ray2_speedup_same_updates": ray2 / best["local_same_updates"]["episodes_per_s"],
-        # Two plain processes in lockstep over gloo, no Ray: the ceiling of synchronous steps here.
+        # Two plain processes in lockstep, no Ray: the ceiling of synchronous steps here.
         "lockstep_speedup": best["lockstep2"]["episodes_per_s"] / local,
         "ray2_of_lockstep": ray2 / best["lockstep2"]["episodes_per_s"],
         "ray2_auroc_delta": runs["ray2"][0]["held_out_auroc"] - same["held_out_auroc"],
@@ -415,7 +422,7 @@ def print_table(dataset: str, best: dict, summary: dict) -> None:
     print(
         f"ray1_overhead {100 * summary['ray1_overhead']:.1f}%, ray2_speedup {summary['ray2_speedup']:.2f}x over local "
         f"(two independent plain loops reach {summary['two_process_ceiling']:.2f}x: ray2 at "
-        f"{summary['ray2_of_ceiling']:.2f} of it; two processes in lockstep over gloo without Ray "
+        f"{summary['ray2_of_ceiling']:.2f} of it; two processes in lockstep without Ray "
         f"{summary['lockstep_speedup']:.2f}x, ray2 at {summary['ray2_of_lockstep']:.2f} of that; "
         f"{summary['ray2_speedup_same_updates']:.2f}x over the plain loop "
         f"at 2E per step; sequential order {summary['ray2_speedup_sequential']:.2f}x), ray2_auroc_delta {summary['ray2_auroc_delta']:+.4f} (vs that loop), "
@@ -449,7 +456,7 @@ def main() -> int:
     for dataset in args.datasets:
         if dataset != "digits":
             ensure_prepared(dataset, args.data_root)
-    runs = {d: {"local": [], "ray1": [], "ray2": [], "ray2_ray_niceness": [], "local_x2": [], "lockstep2": [],
+    runs = {d: {"local": [], "ray1": [], "ray2": [], "ray2_ray_niceness": [], "ray2_gloo": [], "local_x2": [], "lockstep2": [],
                 "local_sequential": [], "ray2_sequential": [], "local_same_updates": []}
             for d in args.datasets}
     load_before = os.getloadavg()
@@ -470,6 +477,9 @@ def main() -> int:
                     # the same run with the workers at Ray's own niceness (15), as before the setting
                     rows["ray2_ray_niceness"].append(run_ray([*base, "trainer.worker_niceness=-1"], 2,
                                                              f"{dataset}-ray2-nice15-{r}"))
+                    # the same run with the gradients summed by gloo (the default before session 20)
+                    rows["ray2_gloo"].append(run_ray([*base, "trainer.grad_collective=all_gather"], 2,
+                                                     f"{dataset}-ray2-gloo-{r}"))
                     rows["local_x2"].append(run_two_independent(base))
                     rows["lockstep2"].append(run_lockstep(base))
                     # both levels' gradients in two collectives per step (the order before session 16)

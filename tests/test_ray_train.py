@@ -22,6 +22,7 @@ from metaad_dist.data.storage import open_location
 from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.meta.learner import MetaLearner
 from metaad_dist.meta.losses import inner_loss, outer_loss
+from metaad_dist.train import shared_memory_sum
 from metaad_dist.train.artifacts import load_run
 from metaad_dist.train.checkpoint import STATE_FILE, read_state, write_state
 from metaad_dist.train.commands import run_location
@@ -143,6 +144,8 @@ def test_two_workers_equal_one_process_averaging_two_episodes(uninterrupted):
 
     m = json.loads(metrics.read_bytes("metrics.json"))
     assert m["trainer"]["num_workers"] == WORKERS and m["trainer"]["backend"] == "gloo"
+    # auto sums through shared memory on one x86-64 machine (train/shared_memory_sum.py)
+    assert m["trainer"]["grad_collective"] == ("shared_memory" if shared_memory_sum.supported() else "all_gather")
     assert m["episodes"] == m["trainer"]["episodes_trained"] == cfg.meta.episodes
     assert [h["episode"] for h in m["history"]] == [4, 6, 8, 12]  # log/checkpoint every 4, validate every 6
     assert all(h["param_spread"] == 0.0 for h in m["history"])  # identical parameters on every worker
@@ -458,6 +461,11 @@ def test_unreachable_storage(compose, monkeypatch):
 def test_bad_trainer_settings(compose, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         train_ray(compose(*SMALL, f"storage.root={tmp_path}", override))
+
+
+def test_shared_memory_collective_needs_cpu_workers(compose, tmp_path):
+    with pytest.raises(ConfigError, match=r"^trainer.grad_collective=shared_memory needs CPU workers on an x86-64 machine"):
+        train_ray(compose(*SMALL, f"storage.root={tmp_path}", "trainer.grad_collective=shared_memory", "trainer.use_gpu=true"))
 
 
 def _sums_by_collective(rank: int, port: int, results) -> None:

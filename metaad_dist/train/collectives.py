@@ -11,17 +11,39 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from metaad_dist.errors import ConfigError
 from metaad_dist.meta.learner import MetaLearner
+from metaad_dist.train import shared_memory_sum
+from metaad_dist.train.shared_memory_sum import SharedMemorySum
 
 
-COLLECTIVES = ("auto", "all_reduce", "all_gather")
+COLLECTIVES = ("auto", "all_reduce", "all_gather", "shared_memory")
 
 
 def resolve_collective(setting: str, backend: str) -> str:
-    """trainer.grad_collective for this backend: `auto` gathers on gloo, all-reduces on NCCL."""
+    """trainer.grad_collective for this backend: `auto` all-reduces on NCCL; on gloo it sums
+    through shared memory where it can (x86-64), else gathers."""
     if setting == "auto":
-        return "all_reduce" if "nccl" in backend else "all_gather"
+        if "nccl" in backend:
+            return "all_reduce"
+        return "shared_memory" if shared_memory_sum.supported() else "all_gather"
     return setting
+
+
+def gradient_averager(setting: str, backend: str, params: list[torch.Tensor], world: int) -> "GradientAverager":
+    """The GradientAverager of a worker of the default process group (a collective call: every
+    worker calls it). `shared_memory` needs every worker on this machine; `auto` falls back to
+    gloo's all_gather when they are not, an explicit setting is an error."""
+    collective = resolve_collective(setting, backend)
+    if collective != "shared_memory" or world < 2:
+        return GradientAverager(collective)
+    shared = SharedMemorySum.open(sum(p.numel() * p.element_size() for p in params))
+    if shared is not None:
+        return GradientAverager(collective, shared)
+    if setting == "shared_memory":
+        raise ConfigError("trainer.grad_collective=shared_memory; the Ray Train workers are not all on one machine "
+                          "(expected them to share /dev/shm): use auto, all_gather or all_reduce")
+    return GradientAverager("all_gather")
 
 
 def sum_over_workers(flat: torch.Tensor, collective: str = "all_reduce") -> torch.Tensor:
@@ -33,9 +55,12 @@ def sum_over_workers(flat: torch.Tensor, collective: str = "all_reduce") -> torc
     return start_sum(flat, collective)()
 
 
-def start_sum(flat: torch.Tensor, collective: str = "all_reduce") -> Callable[[], torch.Tensor]:
+def start_sum(flat: torch.Tensor, collective: str = "all_reduce",
+              shared: Optional[SharedMemorySum] = None) -> Callable[[], torch.Tensor]:
     """`sum_over_workers` started asynchronously: returns the call that waits for the sum, so
     a worker can do other work while the collective (and the slowest worker) is in flight."""
+    if shared is not None:
+        return shared.start(flat)
     if collective == "all_gather":
         rows = start_gather_rows(flat)
         return lambda: rows().sum(dim=0)
@@ -61,7 +86,8 @@ class GradientAverager:
     """`grad_sync` for MetaLearner: sum gradients over workers, divide by the world size, in place.
 
     One flat buffer per call (a single collective instead of one per tensor): one level's
-    gradients, or both levels' with `meta.update_order=simultaneous`. A parameter a loss does
+    gradients, or both levels' with `meta.update_order=simultaneous`; through `shared` (the
+    workers' shared-memory segment) when they share a machine, else the process group. A parameter a loss does
     not use has no gradient on every worker, since all workers run the same code path, so the
     tensors line up. `seconds` accumulates the time spent here: waiting for the slowest worker
     plus the transfer, less the time `while_waiting` ran.
@@ -71,15 +97,15 @@ class GradientAverager:
     wait for the other workers instead of following it.
     """
 
-    def __init__(self, collective: str = "all_reduce"):
-        self.collective = collective
+    def __init__(self, collective: str = "all_reduce", shared: Optional[SharedMemorySum] = None):
+        self.collective, self.shared = collective, shared
         self.seconds = 0.0
         self.while_waiting: Optional[Callable[[], None]] = None
 
     def __call__(self, grads: list[torch.Tensor]) -> None:
         started = time.perf_counter()
         if grads:
-            finish = start_sum(torch.cat([g.reshape(-1) for g in grads]), self.collective)
+            finish = start_sum(torch.cat([g.reshape(-1) for g in grads]), self.collective, self.shared)
             if self.while_waiting is not None:
                 work, self.while_waiting = self.while_waiting, None
                 busy = time.perf_counter()
@@ -93,6 +119,11 @@ class GradientAverager:
                 g.copy_(flat[offset:offset + n].view_as(g))
                 offset += n
         self.seconds += time.perf_counter() - started
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
 
 
 def mean_over_workers_tensor(values: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ the loop every worker runs is `ray_worker.py`, its collectives `collectives.py`.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.meta.learner import check_meta
 from metaad_dist.train.artifacts import METRICS_FILE
+from metaad_dist.train import shared_memory_sum
 from metaad_dist.train.collectives import COLLECTIVES
 from metaad_dist.train.commands import RunFolder, run_name
 from metaad_dist.train.ray_worker import BACKENDS, FAULT_ENV, backend, fault_plan, train_worker
@@ -92,6 +94,9 @@ def check_settings(cfg) -> None:
     check_worker_niceness(t)
     if t.grad_collective not in COLLECTIVES:
         raise ConfigError(f"trainer.grad_collective='{t.grad_collective}'; expected one of {list(COLLECTIVES)}")
+    if t.grad_collective == "shared_memory" and (t.use_gpu or not shared_memory_sum.supported()):
+        raise ConfigError("trainer.grad_collective=shared_memory needs CPU workers on an x86-64 machine "
+                          f"(use_gpu={t.use_gpu}, machine {platform.machine()}); use auto")
     check_sampler_setting(cfg)
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"trainer.device='{t.device}'; with trainer=ray use auto, cpu or cuda (Ray assigns each worker its GPU)")

@@ -35,12 +35,11 @@ from metaad_dist.train.checkpoint import (
     save_checkpoint,
 )
 from metaad_dist.train.collectives import (
-    GradientAverager,
     curriculum_spread,
+    gradient_averager,
     log_row_over_workers,
     mean_over_workers,
     mean_over_workers_tensor,
-    resolve_collective,
 )
 from metaad_dist.train.commands import run_location, save_trained_run
 from metaad_dist.train.draw_ahead import DrawAhead
@@ -130,11 +129,11 @@ def train_worker(config: dict) -> None:
     shared, pool = config.get("setup"), config.get("pool")
     # Streaming: the driver's bounded setup, with this worker's own handle on the dataset.
     setup = shared.with_source(open_source(cfg.data, cfg.storage)) if shared is not None else prepare_training(cfg)
-    averager = GradientAverager(resolve_collective(t.grad_collective, backend(cfg)))
-    learner = MetaLearner(
-        setup.build_model(cfg.seed), cfg.meta, device, averager if world > 1 else None,
-        seed=cfg.seed, stat_sync=mean_over_workers_tensor if world > 1 else None,
-    )
+    learner = MetaLearner(setup.build_model(cfg.seed), cfg.meta, device, seed=cfg.seed,
+                          stat_sync=mean_over_workers_tensor if world > 1 else None)
+    # Both levels' gradients may go in one sum: the segment of a shared-memory sum holds them all.
+    averager = gradient_averager(t.grad_collective, backend(cfg), learner.inner_params + learner.outer_params, world)
+    learner.grad_sync = averager if world > 1 else None
     source = open_episode_source(setup, world, pool)
     per_worker = cfg.meta.episodes_per_step
     per_step = world * per_worker  # episodes of all workers in one optimizer step
@@ -233,6 +232,7 @@ def train_worker(config: dict) -> None:
         window = Window(averager.seconds)
     if prefetch is not None:
         prefetch.shutdown()  # the shared pool's actors belong to the driver, which stops them
+    averager.close()
 
     totals.update(loop_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start, allreduce_s=averager.seconds,
                   setup_s=start - entered, drawn_ahead_s=ahead.hidden_seconds if ahead else 0.0)
@@ -242,7 +242,7 @@ def train_worker(config: dict) -> None:
     fusion = finish_in_parallel(cfg, setup, learner.model, rank, world, lambda line: say(cfg, rank, line))
     if rank == 0:
         trained = TrainedModel(learner.model.cpu(), setup.scaler, setup.view.feature_names, cfg.model.score)
-        summary = loop_summary(cfg, world, steps, first_step, totals)
+        summary = loop_summary(cfg, world, steps, first_step, totals, averager.collective)
         summary["trainer"]["fusion"] = fusion
         save_trained_run(cfg, run_location(cfg), trained, setup, history, seconds_before + totals["loop_s"], summary)
 
@@ -314,7 +314,7 @@ def say(cfg, rank: int, line: str) -> None:
         print(line, file=sys.__stdout__, flush=True)
 
 
-def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> dict:
+def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict, collective: str) -> dict:
     """metrics.json "episodes" (trained) and "trainer": this attempt's loop (reports, validation, checkpoints included)."""
     per_step = world * cfg.meta.episodes_per_step
     trained = (steps - first_step) * per_step
@@ -328,6 +328,8 @@ def loop_summary(cfg, world: int, steps: int, first_step: int, totals: dict) -> 
             "num_workers": world,
             "episodes_per_step": per_step,
             "backend": backend(cfg),
+            # How gradients were summed: trainer.grad_collective as resolved on these workers.
+            "grad_collective": collective if world > 1 else None,
             "episodes_trained": trained,  # by this attempt; metrics["episodes"] is the run's total
             "resumed_at_episode": first_step * per_step,
             "loop_seconds": loop,
