@@ -65,6 +65,11 @@ def _worker(rank: int, port: int, results) -> None:
     except ConfigError as exc:
         out["explicit"] = str(exc)
 
+    # A model too large for the limit: gloo, without a segment
+    huge = torch.empty(shared_memory_sum.MAX_SEGMENT_BYTES // 8, device="meta")  # no memory behind it
+    large = gradient_averager("auto", "gloo", [huge], 2)
+    out["too_large"] = (large.collective, large.shared)
+
     # A worker that never arrives: the other one gives up with the ranks it waited for.
     shared.timeout_s = 0.3
     if rank == 0:
@@ -98,5 +103,6 @@ def test_shared_memory_sum_matches_gloo_and_falls_back():
         assert out["auto"] == ("shared_memory", True)
         assert out["averaged"] == [[1.5] * 3] * 2  # (1 + 2) / 2, with the hook run during the wait
         assert out["fallback"] == ("all_gather", None)
-        assert out["explicit"].startswith("trainer.grad_collective=shared_memory; the Ray Train workers are not all on one machine")
+        assert out["explicit"].startswith("trainer.grad_collective=shared_memory; the workers could not share a segment")
+        assert out["too_large"] == ("all_gather", None)
     assert got[0]["timeout"] == "workers [1] did not reach gradient sum 19 within 0.3 s"

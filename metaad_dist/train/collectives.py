@@ -41,8 +41,9 @@ def gradient_averager(setting: str, backend: str, params: list[torch.Tensor], wo
     if shared is not None:
         return GradientAverager(collective, shared)
     if setting == "shared_memory":
-        raise ConfigError("trainer.grad_collective=shared_memory; the Ray Train workers are not all on one machine "
-                          "(expected them to share /dev/shm): use auto, all_gather or all_reduce")
+        raise ConfigError("trainer.grad_collective=shared_memory; the workers could not share a segment (expected them "
+                          "on one machine, with room in /dev/shm, and at most "
+                          f"{shared_memory_sum.MAX_SEGMENT_BYTES >> 20} MiB of gradients): use auto, all_gather or all_reduce")
     return GradientAverager("all_gather")
 
 

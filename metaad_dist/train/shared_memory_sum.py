@@ -7,8 +7,8 @@ scheduler wake-up. On a busy 2-vCPU VM that costs ~1.5 ms per collective whateve
 trip is 12-89 us (benchmarks/README.md, "Where the lockstep pair loses"). Here each worker
 copies its flat gradient into its own slot of a segment all workers map, publishes a step
 counter, and polls (yielding its core) until every worker's counter has arrived; then each
-sums the slots in rank order, so every worker gets the bitwise-same sum, the same as gloo's
-all_gather path (`collectives.start_gather_rows`). NCCL, and its shared-memory transport, do
+sums the slots in rank order, so every worker gets the bitwise-same sum, computed as gloo's
+all_gather path computes it (`collectives.start_gather_rows`). NCCL, and its shared-memory transport, do
 the same on GPUs; gloo has no such transport.
 
 Two slots per worker, used on alternate calls: a worker writes call c's slot only after it has
@@ -44,6 +44,9 @@ TIMEOUT_S = 1800.0
 # checkpoint while the others wait at the next sum) does not hold a core the others could use.
 SPIN_S = 0.01
 POLL_SLEEP_S = 1e-4
+# The largest segment made: two slots of the flat gradient per worker. Past it (a large model,
+# many workers) the memory matters more than a collective's latency, and gloo is used.
+MAX_SEGMENT_BYTES = 256 << 20
 
 
 def supported() -> bool:
@@ -70,6 +73,8 @@ class SharedMemorySum:
         directory = directory or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
         capacity = -(-capacity // LINE) * LINE
         size = HEADER + world * LINE + 2 * world * capacity
+        if size > MAX_SEGMENT_BYTES:  # the same on every worker: no one waits for the others here
+            return None
         offer = [None]
         if rank == 0:
             offer = [_create(directory, size)]
@@ -134,7 +139,10 @@ class SharedMemorySum:
 
 def _create(directory: str, size: int) -> Optional[tuple[str, bytes]]:
     token = secrets.token_bytes(HEADER)
-    fd, path = tempfile.mkstemp(prefix="metaad-grads-", dir=directory)
+    try:
+        fd, path = tempfile.mkstemp(prefix="metaad-grads-", dir=directory)
+    except OSError:  # no such folder, or not writable
+        return None
     try:
         os.posix_fallocate(fd, 0, size)  # reserve the pages now: a full tmpfs fails here, not with SIGBUS later
         os.pwrite(fd, token, 0)
