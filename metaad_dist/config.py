@@ -233,13 +233,10 @@ class TrainerConfig:
     # Ray Train (trainer=ray, metaad_dist/train/ray_trainer.py); the local trainer ignores these.
     cpus_per_worker: float = 1.0
     backend: str = "auto"  # auto (nccl with use_gpu, else gloo) | gloo | nccl
-    # How workers sum gradients: all_reduce | all_gather (each worker gathers every worker's flat
-    # gradient and sums them in rank order) | shared_memory (the same sum through a segment that
-    # CPU workers on one x86-64 machine all map: train/shared_memory_sum.py) | auto (shared_memory
-    # where every worker can map it, else all_gather on gloo; all_reduce on nccl). A gloo
-    # collective costs ~1.5 ms whatever its size on 2 busy vCPUs here, the shared-memory sum
-    # ~0.2 ms (benchmarks/README.md); all_gather moves W times the gradient, which only small
-    # models afford.
+    # How workers sum gradients: all_reduce | all_gather (each gathers every worker's flat gradient,
+    # sums in rank order; W times the traffic) | shared_memory (that sum through a segment CPU
+    # workers on one x86-64 machine map: train/shared_memory_sum.py; ~0.2 ms a sum here against
+    # gloo's ~1.5 ms) | auto (shared_memory where every worker maps it, else all_gather; nccl: all_reduce).
     grad_collective: str = "auto"
     # auto: memory for the built-in data and prepared datasets whose normal rows fit
     # data.fit_sample_rows, else streaming (stream with trainer=local, actors with trainer=ray)

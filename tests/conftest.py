@@ -133,3 +133,25 @@ def ray_files_containing(text: str) -> list[str]:
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     needle = text.encode()
     return [str(p) for p in session.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]
+
+
+def in_two_gloo_processes(target) -> list:
+    """Runs `target(rank, port, results)` in two spawned processes (ranks 0 and 1, which form a
+    gloo group on 127.0.0.1:port); each puts one `(rank, ...)` tuple on `results`. Returns the
+    tuples in rank order, after both processes exited cleanly."""
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(rank, port, results)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted((results.get(timeout=120) for _ in procs), key=lambda r: r[0])
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return got

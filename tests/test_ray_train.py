@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ray_files_containing
+from conftest import in_two_gloo_processes, ray_files_containing
 
 from metaad_dist.cli import compose_config, main
 from metaad_dist.data.storage import open_location
@@ -502,20 +502,7 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
 def test_gather_and_all_reduce_collectives_give_the_same_sums():
     """trainer.grad_collective: both ways of summing gradients agree, on every worker; a log
     line's means and parameter spread are right."""
-    import multiprocessing as mp
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_sums_by_collective, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = sorted((results.get(timeout=120) for _ in procs), key=lambda r: r[0])
-    for p in procs:
-        p.join(timeout=60)
+    got = in_two_gloo_processes(_sums_by_collective)
     expected = torch.arange(7, dtype=torch.float32) * 3 + 0.1
     for _, reduced, gathered, grad, row in got:
         assert torch.allclose(torch.tensor(reduced), expected) and torch.allclose(torch.tensor(gathered), expected)

@@ -7,12 +7,12 @@ not hang, when a worker never arrives.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import socket
 
 import pytest
 import torch
+
+from conftest import in_two_gloo_processes
 
 from metaad_dist.train import shared_memory_sum
 
@@ -85,18 +85,7 @@ def _worker(rank: int, port: int, results) -> None:
 
 
 def test_shared_memory_sum_matches_gloo_and_falls_back():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = dict(in_two_gloo_processes(_worker))
     for rank, out in got.items():
         assert out["unlinked"]
         assert out["same_as_gather"] == [True] * 18

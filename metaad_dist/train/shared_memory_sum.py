@@ -22,6 +22,7 @@ the workers do not all see the segment (they run on several machines), gloo is u
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import platform
@@ -83,7 +84,8 @@ class SharedMemorySum:
         ok = torch.tensor([1 if mapped is not None else 0])
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # everyone has mapped it (or given up) from here on
         if rank == 0 and offer[0] is not None:
-            os.unlink(offer[0][0])  # the mappings stay; nothing is left behind if a worker dies
+            with contextlib.suppress(FileNotFoundError):  # the mappings stay; nothing is left behind if a worker dies
+                os.unlink(offer[0][0])
         if not int(ok):
             if mapped is not None:
                 mapped.close()
@@ -164,5 +166,7 @@ def _map(offer: tuple[str, bytes], size: int) -> Optional[mmap.mmap]:
         if os.fstat(fd).st_size != size or os.pread(fd, HEADER, 0) != token:
             return None
         return mmap.mmap(fd, size)
+    except OSError:  # no address space or memory for the mapping
+        return None
     finally:
         os.close(fd)
