@@ -1,6 +1,6 @@
 """The shared-memory gradient sum (train/shared_memory_sum.py) in two real gloo processes.
 
-It must give every worker the bitwise-same sum as gloo's all_gather path, call after call
+It must give every worker the bitwise-same sum (and gather) as gloo's all_gather path, call after call
 (alternating slots, changing sizes and dtypes), leave no file behind, fall back to gloo when a
 worker cannot map the segment (workers on several machines), and fail with a clear message,
 not hang, when a worker never arrives.
@@ -23,7 +23,7 @@ def _worker(rank: int, port: int, results) -> None:
     import torch.distributed as dist
 
     from metaad_dist.errors import ConfigError
-    from metaad_dist.train.collectives import GradientAverager, gradient_averager, sum_over_workers
+    from metaad_dist.train.collectives import gather_rows, gradient_averager, log_row_over_workers, sum_over_workers
     from metaad_dist.train.shared_memory_sum import SharedMemorySum
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -41,7 +41,18 @@ def _worker(rank: int, port: int, results) -> None:
         got = finish()
         same.append(torch.equal(got, sum_over_workers(flat, "all_gather")) and got.dtype == dtype)
     out["same_as_gather"] = same
-    with pytest.raises(ValueError, match="the segment holds 8000 per worker"):
+    # a log line's gather (metrics and parameters) through the segment, as through gloo
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.0)
+        model.bias[1] += 0.25 * rank  # the workers disagree on one parameter, by 0.25
+    values = {"loss": 1.0 + rank, "episodes_per_s": 10.0 * (rank + 1)}
+    row = log_row_over_workers(values, model, torch.device("cpu"), shared)
+    out["log_row"] = (row == log_row_over_workers(values, model, torch.device("cpu")), row["param_spread"])
+    flat = torch.arange(5, dtype=torch.float64) * (rank + 1)
+    out["gathered"] = torch.equal(shared.gather(flat), gather_rows(flat))
+    with pytest.raises(ValueError, match="^8008 bytes; the segment holds 8000 per worker"):
         shared.start(torch.zeros(1001, dtype=torch.float64))
 
     param = torch.nn.Parameter(torch.zeros(2, 3))
@@ -89,9 +100,10 @@ def test_shared_memory_sum_matches_gloo_and_falls_back():
     for rank, out in got.items():
         assert out["unlinked"]
         assert out["same_as_gather"] == [True] * 18
+        assert out["log_row"] == (True, 0.25) and out["gathered"]
         assert out["auto"] == ("shared_memory", True)
         assert out["averaged"] == [[1.5] * 3] * 2  # (1 + 2) / 2, with the hook run during the wait
         assert out["fallback"] == ("all_gather", None)
         assert out["explicit"].startswith("trainer.grad_collective=shared_memory; the workers could not share a segment")
         assert out["too_large"] == ("all_gather", None)
-    assert got[0]["timeout"] == "workers [1] did not reach gradient sum 19 within 0.3 s"
+    assert got[0]["timeout"] == "workers [1] did not reach gradient sum 21 within 0.3 s"

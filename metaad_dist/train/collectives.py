@@ -37,7 +37,8 @@ def gradient_averager(setting: str, backend: str, params: list[torch.Tensor], wo
     collective = resolve_collective(setting, backend)
     if collective != "shared_memory" or world < 2:
         return GradientAverager(collective)
-    shared = SharedMemorySum.open(sum(p.numel() * p.element_size() for p in params))
+    # Room for the parameters in float64 too: a log line gathers them with its metrics.
+    shared = SharedMemorySum.open(8 * sum(p.numel() for p in params) + LOG_ROW_METRICS_ROOM)
     if shared is not None:
         return GradientAverager(collective, shared)
     if setting == "shared_memory":
@@ -138,22 +139,27 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, t.tolist()))
 
 
+# Bytes of a log line's metrics (float64) that a shared-memory segment leaves room for.
+LOG_ROW_METRICS_ROOM = 8 * 512
 # Floats a log line may all-gather (world x parameters, float64: 32 MB) to get the parameter
 # spread in the same collective as the metrics; a larger model or group takes two all-reduces
 # (MAX, MIN) of its parameters instead, whose size does not grow with the number of workers.
 LOG_GATHER_MAX_FLOATS = 1 << 22
 
 
-def log_row_over_workers(values: dict[str, float], model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+def log_row_over_workers(values: dict[str, float], model: torch.nn.Module, device: torch.device,
+                         shared: Optional[SharedMemorySum] = None) -> dict[str, float]:
     """The mean of `values` over workers and `param_spread`, the largest difference of any
     parameter between workers (0.0 when they are in sync). For small models one all-gather
     carries both: a log line waits for the other workers once, not three times (a mean, a max
-    and a min; benchmarks/README.md, "Cheaper reports")."""
+    and a min; benchmarks/README.md, "Cheaper reports"); through `shared` (the gradient sum's
+    segment) when it has the room."""
     keys = sorted(values)
     local = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     params = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(device, torch.float64)
     together = dist.get_world_size() * params.numel() <= LOG_GATHER_MAX_FLOATS
-    rows = gather_rows(torch.cat([local, params]) if together else local)
+    payload = torch.cat([local, params]) if together else local
+    rows = shared.gather(payload) if shared is not None and shared.fits(payload) else gather_rows(payload)
     if together:
         gathered = rows[:, len(keys):]
         param_spread = float((gathered.max(dim=0).values - gathered.min(dim=0).values).max())

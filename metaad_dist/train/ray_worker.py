@@ -193,7 +193,7 @@ def train_worker(config: dict) -> None:
         reporting = time.perf_counter()
         row = {**metrics_as_floats(metrics), **window.close(per_step, averager.seconds)}
         if world > 1:
-            row = log_row_over_workers(row, learner.model, device)
+            row = log_row_over_workers(row, learner.model, device, averager.shared)
             if learner.curriculum is not None and learner.curriculum.margins:
                 row["curriculum_spread"] = curriculum_spread(learner, device)
         row.update(episode=done, step=s + 1)

@@ -55,7 +55,7 @@ def supported() -> bool:
 
 
 class SharedMemorySum:
-    """A collective sum for the workers of the default process group, when they share a machine.
+    """A collective sum (and gather) for the workers of the default process group, when they share a machine.
 
     `open` (a collective call) returns None when they do not; then use gloo."""
 
@@ -92,23 +92,34 @@ class SharedMemorySum:
             return None
         return cls(mapped, offer[0][0], rank, world, capacity)
 
+    def fits(self, flat: torch.Tensor) -> bool:
+        return flat.numel() * flat.element_size() <= self.capacity
+
     def start(self, flat: torch.Tensor) -> Callable[[], torch.Tensor]:
         """Publish this worker's 1-D tensor; returns the call that waits for every worker's and
         sums them in rank order (the same sum on every worker)."""
-        nbytes = flat.numel() * flat.element_size()
-        if nbytes > self.capacity:
-            raise ValueError(f"a sum of {nbytes} bytes; the segment holds {self.capacity} per worker")
-        self.calls += 1
-        calls, half = self.calls, self.calls % 2
-        rows = self._slots(half, flat.dtype)[:, :flat.numel()]
-        rows[self.rank].copy_(flat.detach().reshape(-1))
-        self.counters[self.rank, 0] = calls
+        calls, rows = self._publish(flat)
 
         def finish() -> torch.Tensor:
             self._wait(calls)
             return rows.sum(dim=0)  # a new tensor: the slot may be reused two calls later
 
         return finish
+
+    def gather(self, flat: torch.Tensor) -> torch.Tensor:
+        """Every worker's 1-D tensor, one row per rank (world x n), the same on every worker."""
+        calls, rows = self._publish(flat)
+        self._wait(calls)
+        return rows.clone()
+
+    def _publish(self, flat: torch.Tensor) -> tuple[int, torch.Tensor]:
+        if not self.fits(flat):
+            raise ValueError(f"{flat.numel() * flat.element_size()} bytes; the segment holds {self.capacity} per worker")
+        self.calls += 1
+        rows = self._slots(self.calls % 2, flat.dtype)[:, :flat.numel()]
+        rows[self.rank].copy_(flat.detach().reshape(-1))
+        self.counters[self.rank, 0] = self.calls
+        return self.calls, rows
 
     def _slots(self, half: int, dtype: torch.dtype) -> torch.Tensor:
         view = self.slots.get((half, dtype))
