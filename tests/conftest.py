@@ -155,3 +155,16 @@ def in_two_gloo_processes(target) -> list:
         p.join(timeout=60)
         assert p.exitcode == 0
     return got
+
+
+def log_line_inputs(rank: int):
+    """A log line's inputs on worker `rank` of two: metrics, and a model whose parameters the
+    two workers hold alike but for one, which differs by 0.25 (the expected param_spread)."""
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.0)
+        model.bias[1] += 0.25 * rank
+    return {"loss": 1.0 + rank, "episodes_per_s": 10.0 * (rank + 1)}, model

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import in_two_gloo_processes, ray_files_containing
+from conftest import in_two_gloo_processes, log_line_inputs, ray_files_containing
 
 from metaad_dist.cli import compose_config, main
 from metaad_dist.data.storage import open_location
@@ -484,12 +484,7 @@ def _sums_by_collective(rank: int, port: int, results) -> None:
     averager.while_waiting = lambda: waited.append(rank)  # runs once, while the gather is in flight
     averager([param.grad])
     assert waited == [rank] and averager.while_waiting is None
-    model = torch.nn.Linear(3, 2)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-        model.bias.fill_(0.0)
-        model.bias[1] += 0.25 * rank  # the workers disagree on one parameter, by 0.25
-    values = {"loss": 1.0 + rank, "episodes_per_s": 10.0 * (rank + 1)}
+    values, model = log_line_inputs(rank)  # the workers disagree on one parameter, by 0.25
     row = log_row_over_workers(values, model, torch.device("cpu"))
     collectives.LOG_GATHER_MAX_FLOATS = 0  # a model too large to gather: the two all-reduces instead
     assert log_row_over_workers(values, model, torch.device("cpu")) == row

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from conftest import in_two_gloo_processes
+from conftest import in_two_gloo_processes, log_line_inputs
 
 from metaad_dist.train import shared_memory_sum
 
@@ -42,12 +42,7 @@ def _worker(rank: int, port: int, results) -> None:
         same.append(torch.equal(got, sum_over_workers(flat, "all_gather")) and got.dtype == dtype)
     out["same_as_gather"] = same
     # a log line's gather (metrics and parameters) through the segment, as through gloo
-    model = torch.nn.Linear(3, 2)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-        model.bias.fill_(0.0)
-        model.bias[1] += 0.25 * rank  # the workers disagree on one parameter, by 0.25
-    values = {"loss": 1.0 + rank, "episodes_per_s": 10.0 * (rank + 1)}
+    values, model = log_line_inputs(rank)  # the workers disagree on one parameter, by 0.25
     row = log_row_over_workers(values, model, torch.device("cpu"), shared)
     out["log_row"] = (row == log_row_over_workers(values, model, torch.device("cpu")), row["param_spread"])
     flat = torch.arange(5, dtype=torch.float64) * (rank + 1)
