@@ -43,8 +43,8 @@ def gradient_averager(setting: str, backend: str, params: list[torch.Tensor], wo
         return GradientAverager(collective, shared)
     if setting == "shared_memory":
         raise ConfigError("trainer.grad_collective=shared_memory; the workers could not share a segment (expected them "
-                          "on one machine, with room in /dev/shm, and at most "
-                          f"{shared_memory_sum.MAX_SEGMENT_BYTES >> 20} MiB of gradients): use auto, all_gather or all_reduce")
+                          "on one machine, with room in /dev/shm, in a segment of at most "
+                          f"{shared_memory_sum.MAX_SEGMENT_BYTES >> 20} MiB): use auto, all_gather or all_reduce")
     return GradientAverager("all_gather")
 
 

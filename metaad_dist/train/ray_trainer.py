@@ -45,8 +45,8 @@ from metaad_dist.data.ray_instance import check_worker_niceness, ensure_ray, ray
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import ConfigError, UserError
 from metaad_dist.meta.learner import check_meta
-from metaad_dist.train.artifacts import METRICS_FILE
 from metaad_dist.train import shared_memory_sum
+from metaad_dist.train.artifacts import METRICS_FILE
 from metaad_dist.train.collectives import COLLECTIVES
 from metaad_dist.train.commands import RunFolder, run_name
 from metaad_dist.train.ray_worker import BACKENDS, FAULT_ENV, backend, fault_plan, train_worker
