@@ -23,6 +23,7 @@ from metaad_dist.data.prepare import prepare_dataset
 from metaad_dist.data.prepared import PreparedSource
 from metaad_dist.errors import ConfigError, DataError
 from metaad_dist.eval.score_command import score_command
+from metaad_dist.eval.score_ray import FOOTER_ACTORS_ENV, footer_readers
 from metaad_dist.eval.scoring import MARKER, ScoreOutput
 from test_prepare import COUNTS, synth_data, synth_rows, write_csv
 
@@ -244,6 +245,35 @@ def test_commit_counts_only_the_parts_the_job_reported_written(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == sorted(f["path"] for f in marker["files"])
     with pytest.raises(DataError, match="reported written is not there"):
         out.commit({}, [out.part_name("c-000000")])
+
+
+def _planned_footer_readers(files) -> int:
+    """The FooterReader pool Ray Data planned for a read_parquet of `files` (its ListFiles op)."""
+    import pyarrow.fs as pafs
+    import ray.data
+
+    with footer_readers(len(files)):
+        op = ray.data.read_parquet([str(f) for f in files], filesystem=pafs.LocalFileSystem())._logical_plan.dag
+    while op.input_dependencies:
+        op = op.input_dependencies[0]
+    return op.file_indexer._num_actors
+
+
+def test_parquet_footer_readers_are_sized_to_the_files(ray_local, tmp_path, monkeypatch):
+    """Ray Data 2.60 starts 32 footer-reading actor processes per read_parquet, whatever the
+    number of files: the score job asks for one per footer batch of 10 files, leaves the
+    environment as it was, and a value the user set wins."""
+    monkeypatch.delenv(FOOTER_ACTORS_ENV, raising=False)
+    files = []
+    for i in range(23):
+        files.append(tmp_path / f"rows-{i:02d}.parquet")
+        pq.write_table(pa.table({"x": [float(i)]}), files[-1])
+    assert _planned_footer_readers(files[:4]) == 1
+    assert _planned_footer_readers(files) == 3
+    assert FOOTER_ACTORS_ENV not in os.environ
+    monkeypatch.setenv(FOOTER_ACTORS_ENV, "5")
+    assert _planned_footer_readers(files[:4]) == 5
+    assert os.environ[FOOTER_ACTORS_ENV] == "5"
 
 
 def test_score_refuses_a_folder_holding_other_files(compose, digits_run, tmp_path):

@@ -3,17 +3,27 @@
 The scaler is part of every method: on NSL-KDD a QuantileTransformer instead of a
 StandardScaler moves peer AUROC from below chance to ~0.9. Its fitted state travels inside
 checkpoints as plain tensors so checkpoints load with ``weights_only=True``.
+
+Fitting is scikit-learn's (StandardScaler, QuantileTransformer); applying the fitted state is
+done here, in numpy, with the same arithmetic (QuantileTransformer._transform_col of
+scikit-learn 1.9, normal output). Why: every process that only applies a scaler (scoring actors,
+sampler actors, shard readers) would otherwise import scikit-learn, SciPy and their
+dependencies, ~1.2 s of CPU per process on this machine, paid at every actor start of every
+`metaad score` job. tests/test_scaling.py checks the result against scikit-learn's own
+transform.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
 from metaad_dist.errors import ConfigError
 
 SCALERS = ("standard", "quantile", "none")
 QUANTILES = 1000
+# scikit-learn's BOUNDS_THRESHOLD: inputs within it of the fitted range's ends map to the
+# clipped tails of the normal distribution instead of to +-infinity.
+BOUNDS_THRESHOLD = 1e-7
 
 
 class FeatureScaler:
@@ -22,49 +32,65 @@ class FeatureScaler:
             raise ConfigError(f"data.scaler='{kind}'; expected one of {list(SCALERS)}")
         self.kind = kind
         self.seed = seed
-        self._impl = None
+        self.arrays: dict[str, np.ndarray] = {}  # the fitted state: mean/scale or quantiles/references
 
     def fit(self, x: np.ndarray) -> "FeatureScaler":
+        from sklearn.preprocessing import QuantileTransformer, StandardScaler
+
         if self.kind == "standard":
-            self._impl = StandardScaler().fit(x)
+            impl = StandardScaler().fit(x)
+            self.arrays = {"mean": impl.mean_.copy(), "scale": impl.scale_.copy()}
         elif self.kind == "quantile":
-            self._impl = QuantileTransformer(
+            impl = QuantileTransformer(
                 n_quantiles=min(QUANTILES, len(x)), output_distribution="normal",
                 subsample=len(x), random_state=self.seed,
             ).fit(x)
+            self.arrays = {"quantiles": impl.quantiles_.copy(), "references": impl.references_.copy()}
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        if self._impl is None or len(x) == 0:
+        if not self.arrays or len(x) == 0:
             return np.asarray(x, dtype=np.float32)
-        out = self._impl.transform(x)
+        if self.kind == "standard":  # in place, in the input's precision, as scikit-learn does
+            out = np.array(x, dtype=np.float32 if np.asarray(x).dtype == np.float32 else np.float64)
+            out -= self.arrays["mean"]
+            out /= self.arrays["scale"]
+        else:
+            out = quantile_normal(np.asarray(x), self.arrays["quantiles"], self.arrays["references"])
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
     def state_dict(self) -> dict:
-        state: dict = {"kind": self.kind}
-        if self.kind == "standard":
-            state["mean"] = torch.from_numpy(self._impl.mean_.copy())
-            state["scale"] = torch.from_numpy(self._impl.scale_.copy())
-        elif self.kind == "quantile":
-            state["quantiles"] = torch.from_numpy(self._impl.quantiles_.copy())
-            state["references"] = torch.from_numpy(self._impl.references_.copy())
-        return state
+        return {"kind": self.kind, **{k: torch.from_numpy(v.copy()) for k, v in self.arrays.items()}}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "FeatureScaler":
         scaler = cls(state["kind"])
-        if scaler.kind == "standard":
-            impl = StandardScaler()
-            impl.mean_ = state["mean"].numpy()
-            impl.scale_ = state["scale"].numpy()
-            impl.var_ = impl.scale_ ** 2
-            impl.n_features_in_ = len(impl.mean_)
-            scaler._impl = impl
-        elif scaler.kind == "quantile":
-            impl = QuantileTransformer(output_distribution="normal")
-            impl.quantiles_ = state["quantiles"].numpy()
-            impl.references_ = state["references"].numpy()
-            impl.n_quantiles_ = len(impl.references_)
-            impl.n_features_in_ = impl.quantiles_.shape[1]
-            scaler._impl = impl
+        keys = {"standard": ("mean", "scale"), "quantile": ("quantiles", "references")}.get(scaler.kind, ())
+        scaler.arrays = {k: state[k].numpy() for k in keys}
         return scaler
+
+
+def quantile_normal(x: np.ndarray, quantiles: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """QuantileTransformer(output_distribution="normal").transform, column by column.
+
+    Each value goes to the mean of the upward and the downward interpolation between the fitted
+    quantiles (so a value repeated across quantiles lands in the middle of its run), values
+    within BOUNDS_THRESHOLD of the fitted range's ends go to 0 or 1, then through the normal
+    quantile function, clipped so that the ends stay finite. Float32 input is interpolated into
+    float32, as scikit-learn does in place.
+    """
+    out = np.array(x, dtype=np.float32 if x.dtype == np.float32 else np.float64)
+    for j in range(out.shape[1]):
+        column, q = out[:, j], quantiles[:, j]
+        with np.errstate(invalid="ignore"):
+            low = column - BOUNDS_THRESHOLD < q[0]
+            high = column + BOUNDS_THRESHOLD > q[-1]
+        finite = ~np.isnan(column)
+        values = column[finite]
+        column[finite] = 0.5 * (np.interp(values, q, references) - np.interp(-values, -q[::-1], -references[::-1]))
+        column[high] = 1
+        column[low] = 0
+    eps = BOUNDS_THRESHOLD - np.spacing(1)
+    clip = torch.special.ndtri(torch.tensor([eps, 1 - eps], dtype=torch.float64)).numpy()
+    normal = torch.special.ndtri(torch.from_numpy(out.astype(np.float64))).numpy()
+    return np.clip(normal, clip[0], clip[1])

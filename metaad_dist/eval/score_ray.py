@@ -19,6 +19,9 @@ all inputs) are re-read here without the model to name the first bad file and ro
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import posixpath
 import sys
 import uuid
@@ -35,6 +38,31 @@ from metaad_dist.data.parallel_read import user_error_behind
 from metaad_dist.data.storage import storage_errors
 from metaad_dist.errors import DataError, UserError
 from metaad_dist.eval.scoring import PATH_COLUMN, first_error, read_types, score_table
+
+
+# Ray Data 2.60 reads Parquet footers (ListFiles) on a pool of FooterReader actors it starts for
+# every read_parquet call, RAY_DATA_PARQUET_FOOTER_NUM_ACTORS of them (default 32) whatever the
+# number of files, each one a new worker process. One actor reads a batch of
+# RAY_DATA_PARQUET_FOOTER_BATCH_SIZE (10) files at a time, so more actors than batches only boot
+# processes nobody uses: on 2 CPUs those boots held up the first read by seconds and took CPU
+# from the scoring actors (benchmarks/README.md, session 22).
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FILES_PER_FOOTER_BATCH = 10
+MAX_FOOTER_ACTORS = 32
+
+
+@contextlib.contextmanager
+def footer_readers(files: int):
+    """While Ray Data plans a read of `files` Parquet files, size its footer-reader pool to
+    them (one actor per footer batch, at most Ray's default); a value the user set wins."""
+    if FOOTER_ACTORS_ENV in os.environ:
+        yield
+        return
+    os.environ[FOOTER_ACTORS_ENV] = str(max(1, min(MAX_FOOTER_ACTORS, math.ceil(files / FILES_PER_FOOTER_BATCH))))
+    try:
+        yield
+    finally:
+        os.environ.pop(FOOTER_ACTORS_ENV, None)
 
 
 class _BatchError(DataError):
@@ -129,7 +157,8 @@ def score_with_ray(cfg, source, files, out, trained, payload) -> list[str]:
             ))
         parquet = [f.path for f in files if f.kind == "parquet"]
         if parquet:
-            parts.append(ray.data.read_parquet(parquet, filesystem=in_fs, include_paths=True, file_extensions=None))
+            with footer_readers(len(parquet)):  # the pool size is read when the read is planned
+                parts.append(ray.data.read_parquet(parquet, filesystem=in_fs, include_paths=True, file_extensions=None))
         ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         cpus = float(cfg.score.cpus_per_actor)
         actors = cfg.score.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
