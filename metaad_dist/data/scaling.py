@@ -6,11 +6,11 @@ checkpoints as plain tensors so checkpoints load with ``weights_only=True``.
 
 Fitting is scikit-learn's (StandardScaler, QuantileTransformer); applying the fitted state is
 done here, in numpy, with the same arithmetic (QuantileTransformer._transform_col of
-scikit-learn 1.9, normal output). Why: every process that only applies a scaler (scoring actors,
-sampler actors, shard readers) would otherwise import scikit-learn, SciPy and their
-dependencies, ~1.2 s of CPU per process on this machine, paid at every actor start of every
-`metaad score` job. tests/test_scaling.py checks the result against scikit-learn's own
-transform.
+scikit-learn 1.9, normal output). Why: a process that only applies a run's scaler (a scoring
+actor) would otherwise import scikit-learn, SciPy and their dependencies, ~1.2 s of CPU per
+process on this machine, paid at every actor start of every `metaad score` job; and the
+quantile transform below is 2.2-2.6x faster than scikit-learn's (benchmarks/scaler.py).
+tests/test_scaling.py checks the result against scikit-learn's own transform.
 """
 from __future__ import annotations
 
@@ -106,8 +106,8 @@ def interp_both_ways(v: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
     """0.5 * (np.interp(v, q, r) - np.interp(-v, -q[::-1], -r[::-1])), bit for bit, in one pass.
 
     Why not the two np.interp calls: one-hot and count columns have a few distinct values spread
-    over 1000 tied quantiles, and two binary searches over all 1000 per value made scaling the
-    dearest part of scoring UNSW-NB15 rows. Between two distinct quantile values u_k < u_k+1 both
+    over 1000 tied quantiles, and two binary searches over all 1000 per value took ~5 s per
+    250,000 UNSW-NB15 rows. Between two distinct quantile values u_k < u_k+1 both
     interpolations follow the same segment, from the last quantile equal to u_k to the first
     equal to u_k+1 (with np.interp's own slope and rounding, written out below for each
     direction); on a value both end its run's two ends; outside the range both give the end's
