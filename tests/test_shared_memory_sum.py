@@ -29,6 +29,7 @@ def _worker(rank: int, port: int, results) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     out = {}
     shared = SharedMemorySum.open(capacity=1000 * 8)
+    dist.barrier()  # rank 0 unlinks once every worker has mapped it: on rank 1, open may return first
     out["unlinked"] = not os.path.exists(shared.path)
     gen = torch.Generator().manual_seed(rank)
     same = []
