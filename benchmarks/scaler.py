@@ -64,6 +64,7 @@ def main() -> int:
     from sklearn.preprocessing import QuantileTransformer
 
     from metaad_dist.data.scaling import QUANTILES, FeatureScaler
+    from quality import write_json_atomic
 
     torch.set_num_threads(1)
     data = {name: prepared_features(args.data_root, name) for name in ("unsw_nb15", "nsl_kdd")}
@@ -98,8 +99,7 @@ def main() -> int:
     for name, r in results.items():
         print(f"{name:<16}{r['features']:>9}{r['rows_per_s']['metaad']:>15,.0f}{r['rows_per_s']['sklearn']:>16,.0f}"
               f"{r['speedup']:>10.2f}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    write_json_atomic(Path(args.output), out)
     print(f"wrote {args.output}")
     return 0
 
