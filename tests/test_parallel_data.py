@@ -274,6 +274,9 @@ def test_parquet_footer_readers_are_sized_to_the_files(ray_local, tmp_path, monk
     monkeypatch.setenv(FOOTER_ACTORS_ENV, "5")
     assert _planned_footer_readers(files[:4]) == 5
     assert os.environ[FOOTER_ACTORS_ENV] == "5"
+    monkeypatch.setenv(FOOTER_ACTORS_ENV, "many")
+    with pytest.raises(ConfigError, match="^RAY_DATA_PARQUET_FOOTER_NUM_ACTORS='many' in the environment; expected a positive integer"):
+        _planned_footer_readers(files[:4])
 
 
 def test_score_refuses_a_folder_holding_other_files(compose, digits_run, tmp_path):

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from metaad_dist.data.parallel_read import user_error_behind
 from metaad_dist.data.storage import storage_errors
-from metaad_dist.errors import DataError, UserError
+from metaad_dist.errors import ConfigError, DataError, UserError
 from metaad_dist.eval.scoring import PATH_COLUMN, first_error, read_types, score_table
 
 
@@ -56,6 +56,9 @@ def footer_readers(files: int):
     """While Ray Data plans a read of `files` Parquet files, size its footer-reader pool to
     them (one actor per footer batch, at most Ray's default); a value the user set wins."""
     if FOOTER_ACTORS_ENV in os.environ:
+        if not os.environ[FOOTER_ACTORS_ENV].strip().isdigit() or int(os.environ[FOOTER_ACTORS_ENV]) < 1:
+            raise ConfigError(f"{FOOTER_ACTORS_ENV}={os.environ[FOOTER_ACTORS_ENV]!r} in the environment; "
+                              "expected a positive integer (or unset: one per 10 Parquet files)")
         yield
         return
     os.environ[FOOTER_ACTORS_ENV] = str(max(1, min(MAX_FOOTER_ACTORS, math.ceil(files / FILES_PER_FOOTER_BATCH))))
